@@ -1,0 +1,92 @@
+"""The contract between the stateful facade (``Scheduler``) and the sampler functions.
+
+Samplers are written the way k-diffusion's ``sampling.py`` writes them: one short loop over a
+sigma array, in k-diffusion's "VE" space (``x = x0 + sigma * eps``), with shared helpers.  The
+one difference is that the denoiser is not a callable: each sampler is a *generator* that
+yields the sample it has just produced and receives, for every model call, the pair
+``(x, denoised)``.  That turns the loop into diffusers' ``step()`` one model call at a time
+without any state outside the generator's locals, and it lets the caller change the sample
+between calls (inpainting re-noises the known region after every step, as diffusers does).
+
+Shape of every sampler::
+
+    def sample_euler(sigmas, noise_sampler, **options):
+        x, denoised = yield                     # the model's answer at sigmas[0]
+        for i in range(len(sigmas) - 1):
+            d = to_d(x, sigmas[i], denoised)
+            x = x + d * (sigmas[i + 1] - sigmas[i])
+            x, denoised = yield x               # hand back x, get the answer at the next call
+
+Rules:
+- ``sigmas`` is the float64 step schedule (``len = steps + 1``, last entry the final sigma,
+  zero or sigma_min).  A sampler that calls the model more than once per step (Heun, DPM2,
+  DPM++ 2S) yields its intermediate samples too; its ``SamplerSpec.plan`` lists the extra
+  calls so that ``Scheduler.timesteps`` is known before the loop runs.
+- After the model call number ``k`` the facade sends ``(x, denoised)`` where ``x`` is the
+  current sample in VE space (the one the model was evaluated at, possibly edited by the
+  caller) and ``denoised`` the data prediction.  The generator yields exactly once per call;
+  the facade stops after the last call and never asks for more.
+- ``noise_sampler(sigma, sigma_next)`` returns the standard-normal draw for the current step
+  (``step(noise=...)`` or the caller's ``numpy.random.Generator``).  Call it at most once per
+  model call and only when the step is stochastic, so that tests can feed diffusers' draws.
+- Schedule math in float64; the sample keeps the caller's dtype (cast scalars, not arrays).
+- At a zero final sigma return the data prediction (never divide by sigma = 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+NoiseSampler = Callable[[float, float], np.ndarray]
+SamplerGen = Generator[np.ndarray | None, tuple[np.ndarray, np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class BaseSchedule:
+    """What the shared schedule code computes from the config for ``n`` steps."""
+
+    timesteps: np.ndarray  # float64 [n], training-time t of each step, in order
+    sigmas: np.ndarray  # float64 [n + 1], VE sigma of each step plus the final one
+    alphas_cumprod: np.ndarray  # float64 [num_train_timesteps]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One entry per model call: what the U-Net is called with and at which sigma."""
+
+    timesteps: np.ndarray  # [calls], int64 for VP samplers, float64 for sigma samplers
+    sigmas: np.ndarray  # float64 [calls + 1]: sigma of each call, then the final sigma
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How one sampler name plugs into the facade."""
+
+    name: str
+    description: str
+    # "vp": the public sample is diffusers' DDPM-style x_t = sqrt(abar) x0 + sqrt(1-abar) eps
+    # (DDIM, DPM-Solver, UniPC, DEIS, PNDM, LCM); "ve": x = x0 + sigma eps with
+    # scale_model_input dividing by sqrt(sigma^2 + 1) (Euler, Heun, DPM2, LMS).
+    space: Literal["vp", "ve"]
+    sample: Callable[..., SamplerGen]  # the generator function
+    defaults: dict[str, Any] = field(default_factory=dict)  # sampler options and their defaults
+    plan: Callable[[BaseSchedule, dict[str, Any]], Plan] | None = None  # None: one call per step
+    stochastic: bool = False
+
+
+def to_d(x: np.ndarray, sigma: float, denoised: np.ndarray) -> np.ndarray:
+    """The probability-flow ODE derivative dx/dsigma (k-diffusion's ``to_d``)."""
+    return (x - denoised) / x.dtype.type(sigma)
+
+
+def get_ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
+    """Split a step into a deterministic part down to ``sigma_down`` and fresh noise ``sigma_up``."""
+    if not eta or sigma_to == 0:
+        return sigma_to, 0.0
+    sigma_up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    return sigma_down, sigma_up
