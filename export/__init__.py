@@ -1,0 +1,9 @@
+"""sdlite.export: diffusers models -> fused, validated ONNX for sdlite's runtime (and optimum's).
+
+Needs the ``[export]`` extra (torch, diffusers, optimum-onnx); the heavy imports happen inside
+`export_model`, so argument errors come back before any of them load.
+"""
+
+from .exporter import ExportError, ExportReport, export_model
+
+__all__ = ["ExportError", "ExportReport", "export_model"]

@@ -60,6 +60,13 @@ class Plan:
 
     timesteps: np.ndarray  # [calls], int64 for VP samplers, float64 for sigma samplers
     sigmas: np.ndarray  # float64 [calls + 1]: sigma of each call, then the final sigma
+    # Extra keyword arguments for the generator.  An ndarray with one entry per call is sliced
+    # together with the schedule when sampling starts mid-way (img2img); anything else is
+    # passed unchanged.
+    extra: dict[str, Any] = field(default_factory=dict)
+    # Index of the first call of each step (the generator's ``sigmas`` are per step); None: one
+    # call per step.  Sampling may only start mid-way at one of these calls.
+    step_calls: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -76,11 +83,25 @@ class SamplerSpec:
     defaults: dict[str, Any] = field(default_factory=dict)  # sampler options and their defaults
     plan: Callable[[BaseSchedule, dict[str, Any]], Plan] | None = None  # None: one call per step
     stochastic: bool = False
+    # The diffusers class whose config keys, defaults and schedule this sampler follows (a key of
+    # ``schedule.FAMILIES``); None: looked up from the name by the facade.
+    family: str | None = None
+    order: int = 1  # diffusers' ``scheduler.order`` (model calls per step, for img2img slicing)
+    # True: the generator clips/thresholds the data prediction itself and receives the
+    # facade's ``clip`` callable (DDIM derives its noise from the unclipped prediction).
+    clips_itself: bool = False
+    # True: the generator receives ``(x, d)`` with d = (x - denoised) / sigma, the ODE derivative
+    # (the VE noise prediction), instead of ``(x, denoised)``.  For an epsilon model that is the
+    # model output itself, which spares Euler-type samplers four full-array passes per call.
+    # ``d`` may be the caller's array: such a generator never modifies it and copies what it keeps.
+    receives_derivative: bool = False
 
 
 def to_d(x: np.ndarray, sigma: float, denoised: np.ndarray) -> np.ndarray:
     """The probability-flow ODE derivative dx/dsigma (k-diffusion's ``to_d``)."""
-    return (x - denoised) / x.dtype.type(sigma)
+    d = x - denoised
+    d /= x.dtype.type(sigma)  # in place on the fresh array: one allocation per call
+    return d
 
 
 def get_ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
@@ -90,3 +111,14 @@ def get_ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> 
     sigma_up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
     sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
     return sigma_down, sigma_up
+
+
+def vp_reread(x: np.ndarray, sigma_from: float, sigma_to: float) -> np.ndarray:
+    """The VE view at ``sigma_to`` of the VP sample whose VE view at ``sigma_from`` is ``x``.
+
+    diffusers' DDIM/PNDM step to ``t - T/n`` while the next call may be at another timestep; the
+    public (VP) sample is then simply read at the other noise level.
+    """
+    if sigma_from == sigma_to:
+        return x
+    return x * x.dtype.type(((1.0 + sigma_to**2) / (1.0 + sigma_from**2)) ** 0.5)

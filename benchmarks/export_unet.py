@@ -1,0 +1,252 @@
+"""What the export's fusions buy on the CPU: the SD 1.5 U-Net (random weights) per call, fp32, batch 2.
+
+Three engines on the same weights and inputs: PyTorch (eager), ONNX Runtime on optimum's plain
+export, and ONNX Runtime on sdlite's export (the same optimum graph after `sdlite.export`'s CPU
+fusions). One warm-up call, then one timed call per engine and size (the issue's protocol: one
+run; the machine is shared, see `loadavg`). Also the export's wall time and peak RAM (the export
+runs in a child process so its peak resident set is its own).
+
+    python -m benchmarks.export_unet [--quick]
+
+Writes benchmarks/results/export_unet.{json,md} (not in --quick mode, which shrinks the U-Net to
+the tiny test architecture and 64 px as a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+TARGET_RATIO = 0.9  # fused <= 0.9x unfused at 512 px
+BATCH = 2  # classifier-free guidance: unconditional + conditional
+THREADS = 2
+TINY_CONFIG: dict[str, Any] = {
+    "block_out_channels": [32, 64],
+    "layers_per_block": 2,
+    "sample_size": 16,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
+
+
+def _unet_config(quick: bool) -> dict[str, Any]:
+    if quick:
+        return TINY_CONFIG
+    from benchmarks.sd15 import UNET_CONFIG
+
+    return UNET_CONFIG
+
+
+def _build_unet(config: dict[str, Any]):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(**config).eval()
+
+
+def export_stage(workdir: Path, quick: bool) -> dict[str, Any]:
+    """Child process: build the U-Net, capture it with optimum (plain), fuse it with sdlite."""
+    import torch
+    from optimum.exporters.onnx import export
+    from optimum.exporters.onnx.model_configs import UNetOnnxConfig
+    from sdlite.export.optimize import optimize_component
+
+    torch.set_num_threads(THREADS)
+    t0 = time.perf_counter()
+    unet = _build_unet(_unet_config(quick))
+    t1 = time.perf_counter()
+    plain = workdir / "plain" / "model.onnx"
+    config = UNetOnnxConfig(unet.config, task="semantic-segmentation")
+    with torch.no_grad():
+        export(model=unet, config=config, output=plain)
+    del unet
+    gc.collect()
+    t2 = time.perf_counter()
+    info = optimize_component(plain, workdir / "fused" / "model.onnx", "unet", "cpu", float16=False)
+    t3 = time.perf_counter()
+    return {
+        "build_s": round(t1 - t0, 1),
+        "capture_s": round(t2 - t1, 1),
+        "fuse_s": round(t3 - t2, 1),
+        "fusions": info["fusions"],
+        "external_data": info["external_data"],
+    }
+
+
+def _inputs(config: dict[str, Any], px: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    latent = px // 8
+    return {
+        "sample": rng.standard_normal((BATCH, 4, latent, latent), dtype=np.float32),
+        "timestep": np.array(500.0, dtype=np.float32),
+        "encoder_hidden_states": rng.standard_normal(
+            (BATCH, 77, config["cross_attention_dim"]), dtype=np.float32
+        ),
+    }
+
+
+def _time(fn) -> float:
+    fn()  # warm-up: allocator, first-call kernel selection
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _time_torch(config: dict[str, Any], sizes: tuple[int, ...]) -> dict[int, float]:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    unet = _build_unet(config)
+    times = {}
+    for px in sizes:
+        t = {k: torch.from_numpy(v) for k, v in _inputs(config, px).items()}
+        with torch.no_grad():
+            times[px] = _time(lambda t=t: unet(t["sample"], t["timestep"], t["encoder_hidden_states"]))
+    unet = None  # free the weights before the next engine loads its own copy
+    gc.collect()
+    return times
+
+
+def _time_onnx(path: Path, config: dict[str, Any], sizes: tuple[int, ...]) -> dict[int, float]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    times = {}
+    for px in sizes:
+        feed = _inputs(config, px)
+        times[px] = _time(lambda feed=feed: session.run(None, feed))
+    session = None
+    gc.collect()
+    return times
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Export (child process) then per-call times; returns the result dict."""
+    from benchmarks import machine
+
+    config = _unet_config(quick)
+    sizes = (64,) if quick else (256, 512)
+    root = REPO / ".cache" / "benchmarks"
+    root.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="export_unet-", dir=root))
+    try:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        start = time.perf_counter()
+        cmd = [sys.executable, "-m", "benchmarks.export_unet", "--export-stage", str(workdir)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
+        proc = subprocess.run(
+            cmd + (["--quick"] if quick else []), cwd=REPO, env=env, capture_output=True, text=True
+        )
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"export stage failed:\n{proc.stderr[-4000:]}")
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        export = json.loads((workdir / "export.json").read_text())
+        export.update(wall_s=round(wall, 1), peak_rss_gb=round(max(peak_kb, before) / 2**20, 2))
+        print(f"export: {export}", flush=True)
+
+        per_call: dict[str, dict[str, float]] = {str(px): {} for px in sizes}
+        for engine, timer in (
+            ("pytorch", lambda: _time_torch(config, sizes)),
+            ("onnx_plain", lambda: _time_onnx(workdir / "plain" / "model.onnx", config, sizes)),
+            ("onnx_fused", lambda: _time_onnx(workdir / "fused" / "model.onnx", config, sizes)),
+        ):
+            for px, seconds in timer().items():
+                per_call[str(px)][engine] = round(seconds, 3)
+                print(f"{px} px {engine}: {seconds:.3f} s", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    ratios = {px: round(row["onnx_fused"] / row["onnx_plain"], 3) for px, row in per_call.items()}
+    largest = str(max(sizes))
+    return {
+        "model": "tiny test U-Net" if quick else "SD 1.5 U-Net (random weights, 860M parameters)",
+        "dtype": "float32",
+        "batch": BATCH,
+        "threads": THREADS,
+        "protocol": "1 warm-up + 1 timed call per engine and size",
+        "quick": quick,
+        "machine": machine.describe(REPO),
+        "loadavg_end": list(os.getloadavg()),
+        "export": export,
+        "per_call_s": per_call,
+        "fused_vs_plain": ratios,
+        "target_ratio": TARGET_RATIO,
+        "target_size": int(largest),
+        "meets_target": ratios[largest] <= TARGET_RATIO,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    exp = result["export"]
+    fusions = ", ".join(f"{op} {n}" for op, n in exp["fusions"].items())
+    lines = [
+        f"{result['model']}, {result['dtype']}, batch {result['batch']}, {result['threads']} threads; "
+        f"{result['protocol']}. Target: fused <= {result['target_ratio']}x plain "
+        f"at {result['target_size']} px.",
+        "",
+        "| size | PyTorch (s) | ORT, optimum plain (s) | ORT, sdlite fused (s) | fused / plain |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for px, row in result["per_call_s"].items():
+        lines.append(
+            f"| {px}² | {row['pytorch']:.2f} | {row['onnx_plain']:.2f} | {row['onnx_fused']:.2f} "
+            f"| {result['fused_vs_plain'][px]:.2f} |"
+        )
+    lines += [
+        "",
+        f"Export: {exp['wall_s']:.0f} s wall (build {exp['build_s']:.0f} s, optimum capture "
+        f"{exp['capture_s']:.0f} s, fusion {exp['fuse_s']:.0f} s), peak RAM {exp['peak_rss_gb']:.1f} GB. "
+        f"Fusions: {fusions}. Target met: {'yes' if result['meets_target'] else '**no**'}. "
+        f"Load average at start/end: {result['machine']['loadavg_start'][0]:.1f} / "
+        f"{result['loadavg_end'][0]:.1f} (shared machine).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny U-Net at 64 px (smoke test, nothing written)"
+    )
+    parser.add_argument("--export-stage", type=Path, help=argparse.SUPPRESS)  # the child process
+    args = parser.parse_args(argv)
+    if args.export_stage is not None:
+        info = export_stage(args.export_stage, args.quick)
+        _write_atomic(args.export_stage / "export.json", json.dumps(info))
+        return
+    result = run(quick=args.quick)
+    print(markdown(result))
+    if not args.quick:
+        _write_atomic(RESULTS / "export_unet.json", json.dumps(result, indent=2) + "\n")
+        _write_atomic(RESULTS / "export_unet.md", markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""``sdlite`` command line: ``generate``, ``info``, ``samplers`` and ``export`` (forwarded).
+
+Exit status: 0 on success, 2 for bad arguments or a bad model folder (nothing is written),
+1 for a failure while generating, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = "sdlite-{seed}.png"
+
+
+class UsageError(Exception):
+    """Bad arguments: reported as ``sdlite: error: ...`` with exit status 2."""
+
+
+def _int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sdlite", description="Stable Diffusion on ONNX Runtime, without PyTorch."
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    g = sub.add_parser("generate", help="generate images from a prompt (text-to-image or image-to-image)")
+    g.add_argument("prompt", help="what to draw")
+    g.add_argument("--model", metavar="DIR", help="exported model folder (default: the embedded demo model)")
+    g.add_argument("--negative-prompt", default=None, metavar="TEXT", help="what to steer away from")
+    g.add_argument("--steps", type=_int, default=20, help="sampling steps (default 20)")
+    g.add_argument(
+        "--guidance", type=_float, default=7.5, help="classifier-free guidance scale (default 7.5)"
+    )
+    g.add_argument("--sampler", default="unipc", help="sampler name, see 'sdlite samplers' (default unipc)")
+    g.add_argument("--seed", type=_int, default=None, help="seed of the first image (default random)")
+    g.add_argument("--width", type=_int, default=None, help="image width in pixels (default: model's)")
+    g.add_argument("--height", type=_int, default=None, help="image height in pixels (default: model's)")
+    g.add_argument("-n", "--num-images", type=_int, default=1, help="number of images (default 1)")
+    g.add_argument("--image", metavar="PATH", default=None, help="start from this image (image-to-image)")
+    g.add_argument(
+        "--strength", type=_float, default=0.8, help="image-to-image strength in (0, 1] (default 0.8)"
+    )
+    g.add_argument("--provider", default=None, help="cpu, cuda, rocm, dml, coreml (default: best available)")
+    g.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        metavar="PATH",
+        help="PNG to write; may use {seed} and {i}; with -n > 1 and neither, -{i} is added "
+        "(default %(default)s)",
+    )
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    i = sub.add_parser("info", help="describe a model folder: components, dtypes, sizes, providers")
+    i.add_argument(
+        "model", nargs="?", default=None, metavar="DIR", help="model folder (default: the demo model)"
+    )
+
+    sub.add_parser("samplers", help="list the sampler names")
+    sub.add_parser("export", help="export a diffusers model to ONNX (needs 'sdlite[export]')", add_help=False)
+    return p
+
+
+def _default_model() -> Path:
+    try:
+        from .models import demo_path  # type: ignore[attr-defined]
+    except ImportError:
+        raise UsageError(
+            "no --model given and the embedded demo model is not part of this install; pass --model DIR"
+        ) from None
+    path = Path(demo_path())
+    if not (path / "unet" / "model.onnx").is_file():
+        raise UsageError(f"no --model given and the embedded demo model at {str(path)!r} is incomplete")
+    return path
+
+
+def _out_paths(pattern: str, seeds: Sequence[int]) -> list[Path]:
+    if len(seeds) > 1 and "{seed}" not in pattern and "{i}" not in pattern:
+        stem, ext = os.path.splitext(pattern)
+        pattern = f"{stem}-{{i}}{ext or '.png'}"
+    try:
+        return [Path(pattern.format(seed=s, i=i + 1)) for i, s in enumerate(seeds)]
+    except (KeyError, IndexError, ValueError) as err:
+        raise UsageError(f"--out {pattern!r}: only {{seed}} and {{i}} may be used ({err})") from None
+
+
+def _check_out(pattern: str) -> None:
+    # Checked before loading anything, so that a bad --out costs no generation.
+    _out_paths(pattern, [0, 1])
+    parent = Path(pattern.format(seed=0, i=1)).parent
+    if not parent.is_dir():
+        raise UsageError(f"--out: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"--out: folder {str(parent)!r} is not writable")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from PIL import Image  # noqa: F401  (fail early if Pillow is broken)
+
+    from . import images
+    from .pipeline import Pipeline
+
+    _check_out(args.out)
+    image = images.load_image(args.image, "--image") if args.image is not None else None
+    model = Path(args.model) if args.model else _default_model()
+    pipe = Pipeline.from_pretrained(model, provider=args.provider)
+
+    bar: Any = None
+
+    def progress(step: int, total: int, latents: Any) -> None:
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, file=sys.stderr, unit="step", leave=False, desc="sampling")
+        bar.update(1)
+
+    try:
+        out = pipe(
+            args.prompt,
+            negative_prompt=args.negative_prompt,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            height=args.height,
+            width=args.width,
+            sampler=args.sampler,
+            seed=args.seed,
+            num_images_per_prompt=args.num_images,
+            image=image,
+            strength=args.strength,
+            callback=None if args.quiet else progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    for path, img, params in zip(_out_paths(args.out, out.seeds), out.images, out.parameters, strict=True):
+        images.save_png(img, path, params)
+        print(path)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import onnxruntime as ort
+
+    from .folder import load_folder
+    from .pipeline import Pipeline
+    from .sessions import installed_ort_wheels, resolve_providers
+
+    model = Path(args.model) if args.model else _default_model()
+    folder = load_folder(model)
+    pipe = Pipeline(folder, resolve_providers("cpu"))  # sessions on CPU: only their graphs matter here
+    sessions = {"text_encoder": pipe.text_encoder, "unet": pipe.unet, "vae_decoder": pipe.vae_decoder}
+    if pipe.vae_encoder is not None:
+        sessions["vae_encoder"] = pipe.vae_encoder
+    print(f"model: {folder.path}")
+    for comp, sess in sessions.items():
+        files = sess.path.parent.iterdir()
+        size = sum(f.stat().st_size for f in files if f.is_file() and f.name != "config.json")
+        types = sorted({t.replace("tensor(", "").rstrip(")") for t in sess.output_types.values()})
+        ins = ", ".join(
+            f"{i.name}: {i.dtype.__name__}[{', '.join(map(str, i.shape))}]" for i in sess.inputs.values()
+        )
+        print(f"  {comp:<13} {size / 2**20:8.2f} MiB  {'/'.join(types):<8} inputs {ins}")
+    print(
+        f"  tokenizer     {folder.tokenizer_dir.name}/ (max length {pipe.tokenizer.model_max_length}, "
+        f"pad {pipe.tokenizer.pad_token!r})"
+    )
+    print(
+        f"  scheduler     {folder.scheduler_config.get('_class_name', '?')}, "
+        f"prediction {folder.scheduler_config.get('prediction_type', 'epsilon')}"
+    )
+    print(
+        f"default size: {pipe.default_size}x{pipe.default_size} (latent factor {pipe.vae_scale_factor}, "
+        f"VAE scaling {folder.scaling_factor:g})"
+    )
+    print(f"fp32 VAE decoder fallback: {'yes' if folder.fp32_decoder else 'no'}")
+    print(f"onnxruntime {ort.__version__}, providers available: {', '.join(ort.get_available_providers())}")
+    wheels = installed_ort_wheels()
+    if len(wheels) > 1:
+        print(
+            f"warning: several ONNX Runtime wheels are installed ({', '.join(wheels)}); they share one "
+            "module and overwrite each other: uninstall all, then install the one you need"
+        )
+    return 0
+
+
+def _samplers() -> int:
+    from .samplers import SAMPLERS
+
+    width = max(map(len, SAMPLERS))
+    for name, desc in SAMPLERS.items():
+        print(f"{name:<{width}}  {desc}")
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    try:
+        from .export.cli import main as export_main
+    except ImportError as err:
+        print(
+            f"sdlite: error: export needs the export extra: pip install 'sdlite[export]' ({err})",
+            file=sys.stderr,
+        )
+        return 2
+    return int(export_main(argv) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "export":
+        return _export(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "info":
+            return _info(args)
+        return _samplers()
+    except (UsageError, ValueError, FileNotFoundError) as err:
+        print(f"sdlite: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sdlite: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a failure during generation: one line, not a traceback
+        if os.environ.get("SDLITE_DEBUG"):
+            raise
+        print(f"sdlite: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1

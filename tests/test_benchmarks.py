@@ -1,0 +1,156 @@
+"""The benchmark suite: its core on the tiny model into a tmp dir, the fixed JSON shape, and the
+report/README plumbing.  Figures are never asserted (the machine is shared); shapes and the
+like-for-like check (same latents => same image across systems) are."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import __main__ as cli
+from benchmarks import footprint, readme, report, suite
+from benchmarks.systems import SYSTEMS
+from benchmarks.worker import initial_latents
+
+STEPS = 2  # the quick suite runs 20; two exercise the same code in a tenth of the time
+
+ENTRY_TYPES = {
+    "model": str,
+    "system": str,
+    "steps": int,
+    "batch": int,
+    "e2e_s": float,
+    "cold_start_s": float,
+    "peak_rss_mb": float,
+}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[dict, dict[str, Path]]:
+    # The quick suite's core with fewer steps and runs: every system, two batch sizes.
+    row = suite.Row("tiny", 64, STEPS, SYSTEMS, (1, 2), repeats=1)
+    settings = suite.Settings("test", (row,), install=False, studies=False)
+    outcome = suite.run_suite(settings, log=lambda _: None)
+    paths = report.write(outcome.document(), outcome.studies, tmp_path_factory.mktemp("bench") / "t.json")
+    return json.loads(paths["json"].read_text()), paths
+
+
+def test_json_has_the_fixed_shape(quick_run):
+    doc, _ = quick_run
+    assert set(doc) == {"machine", "results", "install_mb"}
+    assert {"cpu", "cores", "versions"} <= set(doc["machine"])
+    assert set(doc["install_mb"]) == {"sdlite", "diffusers"}
+    for v in doc["install_mb"].values():
+        assert v is None or isinstance(v, float)
+    for entry in doc["results"]:
+        for key, typ in ENTRY_TYPES.items():
+            assert isinstance(entry[key], typ), (key, entry[key])
+        assert entry["system"] in SYSTEMS
+        assert entry["e2e_s"] > 0 and entry["cold_start_s"] > 0 and entry["peak_rss_mb"] > 10
+        frac = entry["outside_sessions_frac"]
+        if entry["system"] == "diffusers":
+            assert frac is None
+        else:
+            assert isinstance(frac, float) and 0.0 <= frac <= 1.0
+        assert math.isclose(entry["images_per_s"], entry["batch"] / entry["e2e_s"])
+        assert set(entry["stages_s"]) >= {"text_encoder", "unet", "vae"}
+
+
+def test_every_system_and_batch_is_measured(quick_run):
+    doc, _ = quick_run
+    notes = doc["machine"]["notes"]
+    got = {(r["system"], r["batch"]) for r in doc["results"] if r["model"] == "tiny-sd1"}
+    assert got == {(s, b) for s in SYSTEMS for b in (1, 2)}, notes
+
+
+def test_systems_draw_the_same_image(quick_run):
+    # Same latents, sampler and steps: if the images differ the timings compare different work.
+    doc, _ = quick_run
+    diffs = {(r["model"], r["system"]): r["max_abs_diff_255"] for r in doc["results"] if r["batch"] == 1}
+    assert diffs[("tiny-sd1", "diffusers")] == 0.0
+    assert max(diffs.values()) <= 2.0, diffs
+
+
+def test_markdown_and_chart_are_written(quick_run):
+    _, paths = quick_run
+    md = paths["md"].read_text()
+    assert "| cold start vs diffusers (tiny) | ≤ 0.15× |" in md
+    assert f"tiny 64², {STEPS} UniPC steps: e2e vs optimum" in md
+    assert f"![sdlite's time, memory and size over its peers']({paths['png'].name})" in md
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(paths["studies"].read_text()) == {}
+
+
+def _doc(**overrides) -> dict:
+    base = dict(model="tiny-sd1", steps=20, batch=1, height=64, width=64, outside_sessions_frac=None)
+    rows = [
+        {**base, "system": "sdlite", "e2e_s": 0.2, "cold_start_s": 0.5, "peak_rss_mb": 100.0},
+        {**base, "system": "optimum", "e2e_s": 0.4, "cold_start_s": 6.0, "peak_rss_mb": 450.0},
+        {**base, "system": "diffusers", "e2e_s": 0.6, "cold_start_s": 5.0, "peak_rss_mb": 400.0},
+    ]
+    rows[0].update(overrides)
+    return {"machine": {}, "results": rows, "install_mb": {"sdlite": 150.0, "diffusers": 900.0}}
+
+
+def test_targets_met_and_missed():
+    by_label = {t.label: t for t in report.targets(_doc(outside_sessions_frac=0.05))}
+    e2e = by_label["tiny 64², 20 UniPC steps: e2e vs optimum"]
+    assert e2e.value == pytest.approx(0.5) and e2e.value <= e2e.limit
+    dif = by_label["tiny 64², 20 UniPC steps: e2e vs diffusers"]
+    assert dif.value == pytest.approx(1 / 3)
+    cold = by_label["cold start vs diffusers (tiny)"]
+    assert cold.value == pytest.approx(0.1)
+    assert by_label["install vs diffusers + torch CPU"].value == pytest.approx(1 / 6)
+    outside = by_label["time outside ONNX sessions (sdlite)"]
+    assert outside.value == pytest.approx(0.05) and report._status(outside).startswith("**missed**")
+    assert by_label["SD 1.5 arch 512², 10 steps, g7.5: e2e vs optimum"].value is None
+    md = report.markdown(_doc(outside_sessions_frac=0.05))
+    assert "**missed** (5.0%)" in md and "not measured" in md
+
+
+def test_readme_markers_are_replaced_and_required(tmp_path):
+    md = tmp_path / "results" / "cpu.md"
+    md.parent.mkdir()
+    md.write_text("| a | b |\n\n![chart](cpu.png)\n")
+    target = tmp_path / "README.md"
+    target.write_text("# x\n<!-- bench:start -->\nold table\n<!-- bench:end -->\ntail\n")
+    readme.update(md, target)
+    text = target.read_text()
+    assert "old table" not in text and "| a | b |" in text and text.endswith("<!-- bench:end -->\ntail\n")
+    assert "![chart](results/cpu.png)" in text
+    readme.update(md, target)  # idempotent
+    assert text == target.read_text()
+    target.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="bench:start"):
+        readme.update(md, target)
+    assert target.read_text() == "# no markers\n"
+
+
+def test_quick_install_figure_is_null_without_cache(tmp_path):
+    figures, note = footprint.measure(suite.REPO, tmp_path, build=False)
+    assert figures == {"sdlite": None, "diffusers": None} and "not measured" in note
+    assert not any(tmp_path.iterdir())
+
+
+def test_initial_noise_depends_only_on_each_images_seed():
+    four = initial_latents(4, seed=7, channels=4, height=8, width=8)
+    assert four.dtype == np.float32 and four.shape == (4, 4, 8, 8)
+    np.testing.assert_array_equal(four[2], initial_latents(1, seed=9, channels=4, height=8, width=8)[0])
+    assert not np.array_equal(four[0], four[1])
+
+
+def test_cli_rejects_a_results_path_that_is_not_json(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--quick", "--json", "out.txt"])
+    assert "--json must name a .json file" in capsys.readouterr().err
+
+
+def test_studies_render_their_own_markdown_or_a_table():
+    own = report._study_section("samplers_speed", {"markdown": "| a |\n|---|\n| 1 |\n", "x": 1})
+    assert own == ["### samplers_speed", "", "| a |\n|---|\n| 1 |", ""]
+    generic = "\n".join(report._study_section("s", {"n": 3, "samplers": {"euler": {"ms": 1.5}}}))
+    assert "- n: 3" in generic and "| euler | 1.5 |" in generic

@@ -1,0 +1,59 @@
+"""PNG output with AUTOMATIC1111's parameters chunk, atomic writes, image conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from sdlite import images
+
+
+def test_a1111_parameters_format():
+    text = images.a1111_parameters("a cat", "blurry", 20, "DPM++ 2M", 7.5, 1234, 512, 768, "demo")
+    assert text == (
+        "a cat\nNegative prompt: blurry\n"
+        "Steps: 20, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 1234, Size: 512x768, Model: demo"
+    )
+    assert "Negative prompt" not in images.a1111_parameters("a", None, 1, "Euler", 1, 0, 64, 64)
+
+
+@pytest.mark.parametrize("prompt", ["a red circle", "café ✨ 日本の猫"])
+def test_png_round_trip_and_no_temp_files(tmp_path, prompt):
+    params = images.a1111_parameters(prompt, None, 4, "Euler a", 1.0, 7, 64, 64, "m")
+    img = Image.new("RGB", (64, 64), "blue")
+    path = images.save_png(img, tmp_path / "x.png", params)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+    with Image.open(path) as back:
+        assert back.text["parameters"] == params
+        assert back.size == (64, 64)
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    class Broken:
+        def save(self, *args, **kwargs):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        images.save_png(Broken(), tmp_path / "x.png", "p")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_postprocess_matches_diffusers_rounding():
+    decoded = np.array([-1.0, -0.5, 0.0, 0.5, 1.0, 2.0], np.float32).reshape(1, 1, 1, 6).repeat(3, 1)
+    arr = images.to_numpy(decoded)
+    assert arr.shape == (1, 1, 6, 3)
+    np.testing.assert_allclose(arr[0, 0, :, 0], [0, 0.25, 0.5, 0.75, 1, 1])
+    pil = images.to_pil(arr)[0]
+    assert np.asarray(pil)[0, :, 0].tolist() == [0, 64, 128, 191, 255, 255]
+
+
+def test_load_image_variants(tmp_path):
+    Image.new("RGBA", (8, 6), (255, 0, 0, 128)).save(tmp_path / "a.png")
+    assert images.load_image(tmp_path / "a.png").mode == "RGB"
+    assert images.load_image(np.zeros((6, 8), np.uint8)).size == (8, 6)
+    assert images.load_image(np.ones((6, 8, 3), np.float32)).getpixel((0, 0)) == (255, 255, 255)
+    x = images.image_to_model(Image.new("RGB", (8, 6), (255, 0, 0)), 8, 8)
+    assert x.shape == (1, 3, 8, 8) and x.dtype == np.float32 and x[0, 0].max() == 1.0
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="image"):
+        images.load_image(tmp_path / "b.png")
