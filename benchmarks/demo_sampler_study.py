@@ -32,6 +32,11 @@ PROMPTS = (
     "a large purple circle on a black background, bottom right",
 )
 GUIDANCE = 7.5
+# Every sampler starts at t = 999: the model's SD-style config says "leading" spacing, whose
+# first step depends on the step count (t = 751 at 4 steps), and then no two step counts solve
+# the same ODE from the same start.  DPM++ 2S has no such option and starts at 999 anyway.
+SPACING = {"timestep_spacing": "trailing"}
+NO_SPACING = {"dpmpp_2s"}
 REFERENCE = ("dpmpp_2m", {}, 200)
 # label -> (sampler name, options).  Deterministic (ODE) samplers first.
 DETERMINISTIC = {
@@ -61,6 +66,7 @@ STOCHASTIC = {
 def _final_latents(
     pipe: Pipeline, sampler: str, options: dict, steps: int, noise: np.ndarray, prompts
 ) -> np.ndarray:
+    options = options if sampler in NO_SPACING else {**SPACING, **options}
     out = pipe(
         list(prompts),
         sampler=sampler,
@@ -141,7 +147,8 @@ def _fmt(v) -> str:
 def _markdown(r: dict) -> str:
     steps = r["steps"]
     lines = [
-        f"RMS distance in latent space to {r['reference']} (same initial noise); the reference's own "
+        f"RMS distance in latent space to {r['reference']} (same initial noise, every sampler from "
+        f"t = 999 with trailing spacing); the reference's own "
         f"error (UniPC-3 at the same steps) is {r['reference_error']:.5f}, the latents' RMS "
         f"{r['latent_rms_of_reference']:.3f}.",
         "",

@@ -140,29 +140,47 @@ def _time_onnx(path: Path, config: dict[str, Any], sizes: tuple[int, ...]) -> di
     return times
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """Export (child process) then per-call times; returns the result dict."""
+def _run_export_stage(workdir: Path, quick: bool) -> dict[str, Any]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "benchmarks.export_unet", "--export-stage", str(workdir)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
+    proc = subprocess.run(
+        cmd + (["--quick"] if quick else []), cwd=REPO, env=env, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"export stage failed:\n{proc.stderr[-4000:]}")
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    export = json.loads((workdir / "export.json").read_text())
+    export.update(wall_s=round(wall, 1), peak_rss_gb=round(max(peak_kb, before) / 2**20, 2))
+    (workdir / "export.json").write_text(json.dumps(export))
+    return export
+
+
+def run(quick: bool = False, workdir: Path | None = None) -> dict[str, Any]:
+    """Export (child process) then per-call times; returns the result dict.
+
+    `workdir`: keep the exported graphs there, and reuse them (skipping the export) when a
+    previous run left them, to retime on a quieter machine; default a temporary folder.
+    """
     from benchmarks import machine
 
+    described = machine.describe(REPO)  # at the start: its load average is the starting one
     config = _unet_config(quick)
     sizes = (64,) if quick else (256, 512)
-    root = REPO / ".cache" / "benchmarks"
-    root.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="export_unet-", dir=root))
+    keep = workdir is not None
+    if workdir is None:
+        root = REPO / ".cache" / "benchmarks"
+        root.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix="export_unet-", dir=root))
+    workdir.mkdir(parents=True, exist_ok=True)
     try:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        start = time.perf_counter()
-        cmd = [sys.executable, "-m", "benchmarks.export_unet", "--export-stage", str(workdir)]
-        env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
-        proc = subprocess.run(
-            cmd + (["--quick"] if quick else []), cwd=REPO, env=env, capture_output=True, text=True
-        )
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"export stage failed:\n{proc.stderr[-4000:]}")
-        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        export = json.loads((workdir / "export.json").read_text())
-        export.update(wall_s=round(wall, 1), peak_rss_gb=round(max(peak_kb, before) / 2**20, 2))
+        if (workdir / "export.json").is_file() and (workdir / "fused" / "model.onnx").is_file():
+            export = json.loads((workdir / "export.json").read_text())
+            export["reused"] = True
+        else:
+            export = _run_export_stage(workdir, quick)
         print(f"export: {export}", flush=True)
 
         per_call: dict[str, dict[str, float]] = {str(px): {} for px in sizes}
@@ -175,7 +193,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                 per_call[str(px)][engine] = round(seconds, 3)
                 print(f"{px} px {engine}: {seconds:.3f} s", flush=True)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
     ratios = {px: round(row["onnx_fused"] / row["onnx_plain"], 3) for px, row in per_call.items()}
     largest = str(max(sizes))
     return {
@@ -185,7 +204,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "threads": THREADS,
         "protocol": "1 warm-up + 1 timed call per engine and size",
         "quick": quick,
-        "machine": machine.describe(REPO),
+        "machine": described,
         "loadavg_end": list(os.getloadavg()),
         "export": export,
         "per_call_s": per_call,
@@ -194,6 +213,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         "target_size": int(largest),
         "meets_target": ratios[largest] <= TARGET_RATIO,
     }
+
+
+def _load(avg: list[float] | None) -> str:
+    return "n/a" if not avg else f"{avg[0]:.1f}"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -217,8 +240,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Export: {exp['wall_s']:.0f} s wall (build {exp['build_s']:.0f} s, optimum capture "
         f"{exp['capture_s']:.0f} s, fusion {exp['fuse_s']:.0f} s), peak RAM {exp['peak_rss_gb']:.1f} GB. "
         f"Fusions: {fusions}. Target met: {'yes' if result['meets_target'] else '**no**'}. "
-        f"Load average at start/end: {result['machine']['loadavg_start'][0]:.1f} / "
-        f"{result['loadavg_end'][0]:.1f} (shared machine).",
+        f"Load average at start/end: {_load(result['machine']['loadavg_start'])} / "
+        f"{_load(result['loadavg_end'])} on {result['machine']['cores']} cores (shared machine).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -235,13 +258,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny U-Net at 64 px (smoke test, nothing written)"
     )
+    parser.add_argument("--workdir", type=Path, help="keep the exported graphs here; reuse them if present")
     parser.add_argument("--export-stage", type=Path, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
     if args.export_stage is not None:
         info = export_stage(args.export_stage, args.quick)
         _write_atomic(args.export_stage / "export.json", json.dumps(info))
         return
-    result = run(quick=args.quick)
+    result = run(quick=args.quick, workdir=args.workdir)
     print(markdown(result))
     if not args.quick:
         _write_atomic(RESULTS / "export_unet.json", json.dumps(result, indent=2) + "\n")

@@ -97,6 +97,10 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}g}"
 
 
+def _mb(v: float | None) -> str:
+    return "not measured" if v is None else f"{v:.0f} MB"
+
+
 def _status(t: Target) -> str:
     if t.value is None:
         return "not measured"
@@ -216,8 +220,8 @@ def markdown(doc: dict, studies: dict | None = None, chart: str | None = None) -
     inst = doc.get("install_mb") or {}
     lines += [
         "",
-        f"**Install footprint** (site-packages added to a fresh venv): sdlite {_fmt(inst.get('sdlite'))} MB, "
-        f"diffusers + transformers + torch CPU {_fmt(inst.get('diffusers'))} MB.",
+        f"**Install footprint** (site-packages added to a fresh venv): sdlite {_mb(inst.get('sdlite'))}, "
+        f"diffusers + transformers + torch CPU {_mb(inst.get('diffusers'))}.",
         "",
     ]
     if chart:

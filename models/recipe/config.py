@@ -46,6 +46,11 @@ class Config:
     weight_decay: float = 0.01
     cfg_dropout: float = 0.1  # fraction of captions replaced by "" for classifier-free guidance
     min_snr_gamma: float = 5.0  # Min-SNR loss weighting: same optimum, faster convergence
+    # Offset noise (a per-image, per-channel constant added to the noise) from this step on:
+    # SD's schedule never reaches pure noise, so without it the model cannot move an image's
+    # mean brightness far from the noise's, and "black background" came out gray.
+    offset_noise: float = 0.1
+    offset_noise_from: int = 1_600
     ema_decay: float = 0.999
     checkpoint_every: int = 50
     beta_start: float = 0.00085

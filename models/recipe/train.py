@@ -311,6 +311,8 @@ def stage_diffusion(cfg: Config, work: Path, lat: dict, captions: list[str], tok
         drop = torch.rand(cfg.batch, generator=gen) < cfg.cfg_dropout
         input_ids[drop] = empty_ids
         noise = torch.randn(z.shape, generator=gen)
+        if step >= cfg.offset_noise_from:
+            noise = noise + cfg.offset_noise * torch.randn((*z.shape[:2], 1, 1), generator=gen)
         t = torch.randint(0, 1000, (cfg.batch,), generator=gen)
         noisy = sched.add_noise(z, noise, t)
         cond = text_encoder(input_ids)[0]
@@ -338,16 +340,21 @@ def stage_diffusion(cfg: Config, work: Path, lat: dict, captions: list[str], tok
 
 def save_pipeline(cfg: Config, out: Path, vae, text_encoder, tokenizer, unet, scale: float) -> None:
     vae.register_to_config(scaling_factor=scale)
-    # SD 1.x's own scheduler_config.json: PNDM over the scaled-linear schedule, epsilon.
-    scheduler = PNDMScheduler(
-        num_train_timesteps=1000,
-        beta_start=cfg.beta_start,
-        beta_end=cfg.beta_end,
-        beta_schedule="scaled_linear",
-        skip_prk_steps=True,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
+    # SD 1.5's own scheduler_config.json: PNDM over the scaled-linear schedule, epsilon, and
+    # clip_sample false (a key PNDM ignores but DDIM, loaded from this config, would otherwise
+    # default to true and clip x0 to [-1, 1], which latents are not).
+    scheduler = PNDMScheduler.from_config(
+        {
+            "num_train_timesteps": 1000,
+            "beta_start": cfg.beta_start,
+            "beta_end": cfg.beta_end,
+            "beta_schedule": "scaled_linear",
+            "skip_prk_steps": True,
+            "set_alpha_to_one": False,
+            "steps_offset": 1,
+            "prediction_type": "epsilon",
+            "clip_sample": False,
+        }
     )
     pipe = StableDiffusionPipeline(
         vae=vae,

@@ -110,6 +110,7 @@ def test_demo_path_and_size():
     assert sched["beta_schedule"] == "scaled_linear"
     assert (sched["beta_start"], sched["beta_end"]) == (0.00085, 0.012)
     assert sched.get("prediction_type", "epsilon") == "epsilon"
+    assert sched.get("clip_sample") is False  # else DDIM loaded from it clips latents to [-1, 1]
 
 
 def test_classifier_reads_drawn_shapes():
