@@ -130,7 +130,7 @@ def _generate(args: argparse.Namespace) -> int:
         if bar is None:
             from tqdm import tqdm
 
-            bar = tqdm(total=total, file=sys.stderr, unit="step", leave=False, desc="sampling")
+            bar = tqdm(total=total, file=sys.stderr, unit="step", leave=True, desc="sampling")
         bar.update(1)
 
     try:

@@ -39,7 +39,7 @@ class Config:
     unet_heads: int = 4  # diffusers' "attention_head_dim" (it is the head count here)
 
     # Diffusion training: SD 1.x's noise schedule and epsilon objective.
-    steps: int = 1_600
+    steps: int = 2500
     batch: int = 32
     lr: float = 1.5e-3  # high for a U-Net, because the CPU budget allows only ~1000 steps
     warmup: int = 100

@@ -382,10 +382,11 @@ def plot_losses(work: Path, diffusion_losses: list[float], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    vae_losses = json.load(open(work / "vae_losses.json"))
+    # The decoder fine-tuning continues the VAE curve (its loss has no KL term).
+    vae_losses = json.load(open(work / "vae_losses.json")) + json.load(open(work / "decoder_losses.json"))
     fig, axes = plt.subplots(1, 2, figsize=(8, 3), dpi=72)
     for ax, values, title in (
-        (axes[0], vae_losses, "VAE (L1 + MSE + KL)"),
+        (axes[0], vae_losses, "VAE, then decoder alone (L1 + MSE)"),
         (axes[1], diffusion_losses, "diffusion (Min-SNR eps MSE)"),
     ):
         v = np.asarray(values)
