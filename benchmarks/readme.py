@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def markers(name: str = "bench") -> tuple[str, str]:
