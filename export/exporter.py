@@ -213,6 +213,11 @@ def _validate(component, path, pipe, dtype, latent_hw, providers, batch=1) -> di
     return check.as_dict()
 
 
+def _has_component(pipe, component: str) -> bool:
+    module = "vae" if component.startswith("vae_") else component
+    return getattr(pipe, module, None) is not None
+
+
 def _check_layout(folder: Path, components: tuple[str, ...]) -> None:
     missing = [c for c in components if not (folder / c / "model.onnx").is_file()]
     if missing:
@@ -313,7 +318,13 @@ def _export_into(
     with log.stage(f"load {src.location}"):
         pipe = sources.load_pipeline(src)
     architecture = type(pipe).__name__
-    components = sources.ARCHITECTURES[architecture]
+    # A refiner (SDXL img2img) has no text_encoder: export the components the pipeline has.
+    components = tuple(c for c in sources.ARCHITECTURES[architecture] if _has_component(pipe, c))
+    # diffusers' SDXL pipelines run a force_upcast VAE in fp32 even for fp16 models (SDXL's VAE
+    # overflows fp16 -> black/NaN images): do the same, both VAE graphs stay fp32.
+    upcast_vae = architecture in sources.VAE_UPCAST_ARCHITECTURES and bool(
+        getattr(pipe.vae.config, "force_upcast", False)
+    )
 
     fp32_bytes = _fp32_bytes(pipe)
     final_factor = 0.5 if dtype == "fp16" else 1.0
@@ -339,6 +350,8 @@ def _export_into(
     results: dict[str, dict] = {}
     for component in components:
         want = "fp32" if (dtype == "fp32" or (component == "vae_decoder" and fp32_vae)) else "fp16"
+        if upcast_vae and component.startswith("vae_"):
+            want = "fp32"
         path = final / component / "model.onnx"
         # Static graphs only take their fixed batch; dynamic ones are validated at batch 1.
         vbatch = static["dims"].get(component, {}).get("batch_size", 1) if static else 1
@@ -346,8 +359,10 @@ def _export_into(
             info = optimize_component(
                 captured / component / "model.onnx", path, component, target, want == "fp16", fuse=optimize
             )
-        if want == "fp32" and component == "vae_decoder" and dtype == "fp16":
-            info["kept_fp32"] = "--fp32-vae"
+        if want == "fp32" and component.startswith("vae_") and dtype == "fp16":
+            info["kept_fp32"] = (
+                "vae force_upcast (as diffusers' SDXL pipelines)" if upcast_vae else "--fp32-vae"
+            )
         if validate:
             with log.stage(f"{component}: validate against PyTorch"):
                 info["validation"] = _validate(component, path, pipe, want, latent_hw, providers, vbatch)

@@ -15,7 +15,22 @@ from pathlib import Path
 # Later architectures (SDXL, inpainting, LCM) add an entry here and, if needed, a validator input.
 ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "StableDiffusionPipeline": ("text_encoder", "unet", "vae_encoder", "vae_decoder"),
+    # SD-1/2 layouts with another U-Net: LCM-distilled (timestep_cond input), inpainting (9 channels).
+    "LatentConsistencyModelPipeline": ("text_encoder", "unet", "vae_encoder", "vae_decoder"),
+    "StableDiffusionInpaintPipeline": ("text_encoder", "unet", "vae_encoder", "vae_decoder"),
+    # SDXL: a refiner (requires_aesthetics_score) has no text_encoder; the exporter skips absent ones.
+    "StableDiffusionXLPipeline": ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder"),
+    "StableDiffusionXLImg2ImgPipeline": (
+        "text_encoder",
+        "text_encoder_2",
+        "unet",
+        "vae_encoder",
+        "vae_decoder",
+    ),
 }
+# Architectures whose diffusers pipelines honour the VAE's ``force_upcast`` (decode in fp32 even
+# for an fp16 model, because SDXL's VAE overflows fp16); the exporter keeps the VAE fp32 for them.
+VAE_UPCAST_ARCHITECTURES = frozenset({"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"})
 
 # torch.load on these runs arbitrary code embedded in the file (pickle's __reduce__).
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
@@ -93,15 +108,18 @@ def resolve(source: str | Path, allow_pickle: bool = False, config: str | Path |
 
 def load_pipeline(source: Source):
     """The diffusers pipeline in fp32 on the CPU (the exporter traces fp32; fp16 comes later)."""
+    import diffusers
     import torch
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     if source.kind == "folder":
         pipe = DiffusionPipeline.from_pretrained(
             source.location, torch_dtype=torch.float32, local_files_only=True, safety_checker=None
         )
     elif source.kind == "single_file":
-        pipe = StableDiffusionPipeline.from_single_file(
+        # The class named by the config folder (SD or SDXL) reads the checkpoint's key layout.
+        pipeline_class = getattr(diffusers, _folder_architecture(Path(source.config)))
+        pipe = pipeline_class.from_single_file(
             source.location,
             config=str(source.config),
             local_files_only=True,

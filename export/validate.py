@@ -69,19 +69,27 @@ def _inputs(component: str, pipe, latent_hw: tuple[int, int], batch: int, rng: n
     h, w = latent_hw
     if component.startswith("text_encoder"):
         encoder = getattr(pipe, component)
-        seq = getattr(getattr(pipe, "tokenizer", None), "model_max_length", None)
+        seq = getattr(_tokenizer(pipe), "model_max_length", None)
         seq = seq if seq and seq <= 4096 else encoder.config.max_position_embeddings
         ids = rng.integers(0, encoder.config.vocab_size, size=(batch, seq), dtype=np.int64)
         return {"input_ids": ids}
     if component == "unet":
         cfg = pipe.unet.config
         text_dim = cfg.cross_attention_dim
-        seq = getattr(pipe.tokenizer, "model_max_length", 77)
-        return {
+        seq = getattr(_tokenizer(pipe), "model_max_length", 77)
+        inputs = {
             "sample": rng.standard_normal((batch, cfg.in_channels, h, w), dtype=np.float32),
             "timestep": np.array(500.0, dtype=np.float32),  # optimum exports a scalar timestep
             "encoder_hidden_states": rng.standard_normal((batch, seq, text_dim), dtype=np.float32),
         }
+        if cfg.addition_embed_type == "text_time":
+            # SDXL: pooled text embeddings of encoder 2 + time ids (6, or 5 for a refiner), in the
+            # ranges a pipeline feeds (sizes in pixels, crops, aesthetic scores).
+            pooled = pipe.text_encoder_2.config.projection_dim
+            n_ids = (cfg.projection_class_embeddings_input_dim - pooled) // cfg.addition_time_embed_dim
+            inputs["text_embeds"] = rng.standard_normal((batch, pooled), dtype=np.float32)
+            inputs["time_ids"] = rng.integers(0, 1024, size=(batch, n_ids)).astype(np.float32)
+        return inputs
     if component == "vae_encoder":
         f = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         return {"sample": rng.uniform(-1, 1, (batch, 3, h * f, w * f)).astype(np.float32)}
@@ -93,20 +101,38 @@ def _inputs(component: str, pipe, latent_hw: tuple[int, int], batch: int, rng: n
     raise ValueError(f"no validation inputs defined for component {component!r}")
 
 
+def _tokenizer(pipe):
+    # An SDXL refiner has only tokenizer_2.
+    return getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
+
+
 def _reference(component: str, pipe, inputs: dict) -> dict[str, np.ndarray]:
     import torch
 
     t = {k: torch.from_numpy(v) for k, v in inputs.items()}
     with torch.no_grad():
         if component.startswith("text_encoder"):
-            out = getattr(pipe, component)(t["input_ids"])
+            encoder = getattr(pipe, component)
+            # optimum exports every layer's hidden states for SDXL (output_hidden_states in the
+            # config): SDXL conditions on the penultimate one, so each is checked.
+            out = encoder(t["input_ids"], output_hidden_states=bool(encoder.config.output_hidden_states))
             result = {"last_hidden_state": out.last_hidden_state}
+            for i, hidden in enumerate(out.hidden_states or ()):
+                result[f"hidden_states.{i}"] = hidden
             if getattr(out, "pooler_output", None) is not None:
                 result["pooler_output"] = out.pooler_output
             if getattr(out, "text_embeds", None) is not None:
                 result["text_embeds"] = out.text_embeds
         elif component == "unet":
-            result = {"out_sample": pipe.unet(t["sample"], t["timestep"], t["encoder_hidden_states"]).sample}
+            unet = pipe.unet(
+                t["sample"],
+                t["timestep"],
+                t["encoder_hidden_states"],
+                timestep_cond=t.get("timestep_cond"),
+                # SDXL's extra conditioning (pooled text embeddings, time ids).
+                added_cond_kwargs={k: t[k] for k in ("text_embeds", "time_ids") if k in t} or None,
+            )
+            result = {"out_sample": unet.sample}
         elif component == "vae_encoder":
             result = {"latent_parameters": pipe.vae.encode(t["sample"]).latent_dist.parameters}
         elif component == "vae_decoder":
@@ -153,6 +179,9 @@ def validate_component(
     session = ort.InferenceSession(str(model_path), options, providers=providers or ["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     inputs = _inputs(component, pipe, latent_hw, batch, rng)
+    cond_dim = getattr(pipe.unet.config, "time_cond_proj_dim", None) if component == "unet" else None
+    if cond_dim:  # an LCM-distilled U-Net's guidance embedding (LatentConsistencyModelPipeline)
+        inputs["timestep_cond"] = rng.standard_normal((batch, cond_dim), dtype=np.float32)
     want = _reference(component, pipe, inputs)
     got = run_onnx(session, inputs)
     return compare(component, got, want, TOLERANCE[dtype])

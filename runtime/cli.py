@@ -1,4 +1,4 @@
-"""``sdlite`` command line: ``generate``, ``info``, ``samplers`` and ``export`` (forwarded).
+"""``sdlite`` command line: ``generate``, ``info``, ``samplers``, ``batch``, ``serve`` and ``export``.
 
 Exit status: 0 on success, 2 for bad arguments or a bad model folder (nothing is written),
 1 for a failure while generating, 130 when interrupted.
@@ -46,18 +46,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", help="what to draw")
     g.add_argument("--model", metavar="DIR", help="exported model folder (default: the embedded demo model)")
     g.add_argument("--negative-prompt", default=None, metavar="TEXT", help="what to steer away from")
-    g.add_argument("--steps", type=_int, default=20, help="sampling steps (default 20)")
     g.add_argument(
-        "--guidance", type=_float, default=7.5, help="classifier-free guidance scale (default 7.5)"
+        "--prompt-2", default=None, metavar="TEXT", help="SDXL: prompt for the second text encoder"
     )
-    g.add_argument("--sampler", default="unipc", help="sampler name, see 'sdlite samplers' (default unipc)")
+    g.add_argument(
+        "--negative-prompt-2", default=None, metavar="TEXT", help="SDXL: negative prompt for encoder 2"
+    )
+    g.add_argument("--steps", type=_int, default=None, help="sampling steps (default: the model's preset)")
+    g.add_argument(
+        "--guidance", type=_float, default=None, help="classifier-free guidance scale (default: preset)"
+    )
+    g.add_argument("--sampler", default=None, help="sampler name, see 'sdlite samplers' (default: preset)")
+    g.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="sampling defaults of a model family: sd, sdxl, sd-turbo, sdxl-turbo, lcm, lcm-lora "
+        "(default: detected, see 'sdlite info')",
+    )
     g.add_argument("--seed", type=_int, default=None, help="seed of the first image (default random)")
     g.add_argument("--width", type=_int, default=None, help="image width in pixels (default: model's)")
     g.add_argument("--height", type=_int, default=None, help="image height in pixels (default: model's)")
     g.add_argument("-n", "--num-images", type=_int, default=1, help="number of images (default 1)")
     g.add_argument("--image", metavar="PATH", default=None, help="start from this image (image-to-image)")
     g.add_argument(
-        "--strength", type=_float, default=0.8, help="image-to-image strength in (0, 1] (default 0.8)"
+        "--mask", metavar="PATH", default=None, help="inpaint: white = repaint, black = keep (needs --image)"
+    )
+    g.add_argument(
+        "--strength",
+        type=_float,
+        default=None,
+        help="strength in (0, 1] (default 0.8 for image-to-image, 1.0 for inpainting)",
     )
     g.add_argument("--provider", default=None, help="cpu, cuda, rocm, dml, coreml (default: best available)")
     g.add_argument(
@@ -75,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("samplers", help="list the sampler names")
+    # Their modules import only the standard library at the top: `sdlite --help` stays fast.
+    from . import batch
+    from .server import cli as serve
+
+    batch.add_parser(sub)
+    serve.add_parser(sub)
     sub.add_parser("export", help="export a diffusers model to ONNX (needs 'sdlite[export]')", add_help=False)
     return p
 
@@ -120,8 +145,19 @@ def _generate(args: argparse.Namespace) -> int:
 
     _check_out(args.out)
     image = images.load_image(args.image, "--image") if args.image is not None else None
+    if args.mask is not None and image is None:
+        raise UsageError("--mask needs --image (inpainting repaints the masked area of the image)")
+    if args.preset is not None:
+        from .presets import get as get_preset
+
+        get_preset(args.preset)  # a bad name is an error before the model loads
+    mask = None
+    if args.mask is not None:
+        from .inpaint import load_mask
+
+        mask = load_mask(args.mask, "--mask")
     model = Path(args.model) if args.model else _default_model()
-    pipe = Pipeline.from_pretrained(model, provider=args.provider)
+    pipe = Pipeline.from_pretrained(model, provider=args.provider, preset=args.preset)
 
     bar: Any = None
 
@@ -137,6 +173,8 @@ def _generate(args: argparse.Namespace) -> int:
         out = pipe(
             args.prompt,
             negative_prompt=args.negative_prompt,
+            prompt_2=args.prompt_2,
+            negative_prompt_2=args.negative_prompt_2,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
             height=args.height,
@@ -146,6 +184,7 @@ def _generate(args: argparse.Namespace) -> int:
             num_images_per_prompt=args.num_images,
             image=image,
             strength=args.strength,
+            mask_image=mask,
             callback=None if args.quiet else progress,
         )
     finally:
@@ -167,7 +206,9 @@ def _info(args: argparse.Namespace) -> int:
     model = Path(args.model) if args.model else _default_model()
     folder = load_folder(model)
     pipe = Pipeline(folder, resolve_providers("cpu"))  # sessions on CPU: only their graphs matter here
-    sessions = {"text_encoder": pipe.text_encoder, "unet": pipe.unet, "vae_decoder": pipe.vae_decoder}
+    # Named by folder: a refiner has only text_encoder_2, SDXL both.
+    sessions = {s.path.parent.name: s for s in pipe.prompt_encoder.sessions}
+    sessions |= {"unet": pipe.unet, "vae_decoder": pipe.vae_decoder}
     if pipe.vae_encoder is not None:
         sessions["vae_encoder"] = pipe.vae_encoder
     print(f"model: {folder.path}")
@@ -178,7 +219,7 @@ def _info(args: argparse.Namespace) -> int:
         ins = ", ".join(
             f"{i.name}: {i.dtype.__name__}[{', '.join(map(str, i.shape))}]" for i in sess.inputs.values()
         )
-        print(f"  {comp:<13} {size / 2**20:8.2f} MiB  {'/'.join(types):<8} inputs {ins}")
+        print(f"  {comp:<14} {size / 2**20:8.2f} MiB  {'/'.join(types):<8} inputs {ins}")
     print(
         f"  tokenizer     {folder.tokenizer_dir.name}/ (max length {pipe.tokenizer.model_max_length}, "
         f"pad {pipe.tokenizer.pad_token!r})"
@@ -192,6 +233,7 @@ def _info(args: argparse.Namespace) -> int:
         f"VAE scaling {folder.scaling_factor:g})"
     )
     print(f"fp32 VAE decoder fallback: {'yes' if folder.fp32_decoder else 'no'}")
+    print(f"preset: {pipe.preset.describe()}")
     print(f"onnxruntime {ort.__version__}, providers available: {', '.join(ort.get_available_providers())}")
     wheels = installed_ort_wheels()
     if len(wheels) > 1:
@@ -233,6 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate(args)
         if args.command == "info":
             return _info(args)
+        if args.command == "batch":
+            from . import batch
+
+            return batch.run(args)
+        if args.command == "serve":
+            from .server import cli as serve
+
+            return serve.run(args)
         return _samplers()
     except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"sdlite: error: {err}", file=sys.stderr)

@@ -12,6 +12,13 @@ with ``shape`` one image's latent shape [C, h, w]):
 3. for a stochastic sampler, one draw per model call, stacked over the batch and passed as
    ``step(noise=...)``.
 
+Inpainting (``mask_image``) draws, per image: the image's posterior sample (only when its
+latents are used: a 4-channel U-Net, or strength < 1), the initial noise, the masked image's
+posterior sample (9-channel U-Nets), then 3. above.
+
+LCM-distilled U-Nets (a ``timestep_cond`` input) get the guidance as an embedding
+(``sdlite.lcm``) and run without the unconditional pass, as LatentConsistencyModelPipeline.
+
 So image i depends only on seed i, whatever else shares its batch.  ``seed`` may be one int
 (image i gets ``seed + i``, as AUTOMATIC1111 does) or a list with one seed per image.
 
@@ -33,10 +40,13 @@ from typing import Any
 import numpy as np
 
 from . import images as imgs
+from . import inpaint as inp
+from . import presets as model_presets
+from .conditioning import SDXL_INPUTS, PromptEncoder, SDXLOptions
 from .folder import ModelFolder, load_folder
+from .lcm import TIMESTEP_COND, guidance_embedding
 from .samplers import make_scheduler
 from .sessions import ProviderArg, Session, resolve_providers, session_options
-from .tokenizer import CLIPTokenizer
 
 MAX_PIXELS = 4096 * 4096  # beyond this a single VAE decode needs tens of GB: refuse up front
 MAX_SEED = 2**64 - 1
@@ -96,30 +106,49 @@ class Pipeline:
         self.folder = folder
         self.providers = providers
         self._options = session_options(providers, num_threads)
-        self.tokenizer = CLIPTokenizer.from_pretrained(folder.tokenizer_dir)
-        self.text_encoder = self._session(folder.onnx["text_encoder"])
         self.unet = self._session(folder.onnx["unet"])
+        # SD: one CLIP; SDXL: two (a refiner: text_encoder_2 only); see sdlite.conditioning.
+        self.prompt_encoder = PromptEncoder(folder, self.unet, self._session)
+        self.tokenizer = self.prompt_encoder.encoders[0].tokenizer
+        self.text_encoder = self.prompt_encoder.encoders[0].session
+        self.is_sdxl = self.prompt_encoder.sdxl
         self.vae_decoder = self._session(folder.onnx["vae_decoder"])
         enc = folder.onnx.get("vae_encoder")
         self.vae_encoder = self._session(enc) if enc is not None else None
         self._fp32_decoder: Session | None = None
         self.scheduler_config = folder.scheduler_config
         self._read_graph_shapes()
+        # Sampling defaults for this model family (sdlite.presets); assign another to override.
+        self.preset = model_presets.detect(
+            folder.path, self.unet.inputs, folder.scheduler_config, folder.model_index
+        )
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, provider: ProviderArg = None, *, num_threads: int | None = None
+        cls,
+        path: str | Path,
+        provider: ProviderArg = None,
+        *,
+        num_threads: int | None = None,
+        preset: str | dict[str, Any] | model_presets.Preset | None = None,
     ) -> Pipeline:
         """Load an exported folder (optimum or older diffusers ONNX layout) on ``provider``.
 
         ``provider``: None (best available: CUDA, ROCm, DirectML, CoreML, CPU), an alias
         ("cpu", "cuda", "rocm", "dml", "coreml") or ORT provider names / (name, options) pairs.
         ``num_threads``: intra-op threads on CPU (default: ORT's, one per physical core).
+        ``preset``: sampling defaults (a family name such as "sd-turbo", or a dict of overrides,
+        see ``sdlite.presets``) instead of the detected ones.
         """
         if num_threads is not None:
             _check_int("num_threads", num_threads, 0)
+        if preset is not None:  # checked before the sessions load; a dict builds on the detected one
+            model_presets.from_spec(preset, model_presets.PRESETS["sd"], "preset")
         providers = resolve_providers(provider)
-        return cls(load_folder(path), providers, num_threads)
+        pipe = cls(load_folder(path), providers, num_threads)
+        if preset is not None:
+            pipe.preset = model_presets.from_spec(preset, pipe.preset, "preset")
+        return pipe
 
     def _session(self, path: Path) -> Session:
         return Session(path, self.providers, self._options)
@@ -134,14 +163,26 @@ class Pipeline:
                     f"unet/model.onnx has no input {need!r} (inputs: {', '.join(unet_in)}); "
                     "is it a Stable Diffusion U-Net?"
                 )
-        extra = sorted(set(unet_in) - {"sample", "timestep", "encoder_hidden_states"})
+        extra = sorted(
+            set(unet_in) - {"sample", "timestep", "encoder_hidden_states", TIMESTEP_COND, *SDXL_INPUTS}
+        )
         if extra:
             raise ValueError(
-                f"unet/model.onnx also needs inputs {extra} (an SDXL or LCM U-Net?); sdlite runs "
-                "SD 1.x/2.x-style U-Nets (sample, timestep, encoder_hidden_states)"
+                f"unet/model.onnx also needs inputs {extra}, which sdlite does not know; it runs U-Nets "
+                "with sample, timestep, encoder_hidden_states and optionally SDXL's text_embeds + "
+                "time_ids or LCM's timestep_cond"
             )
         shape = unet_in["sample"].shape
-        self.latent_channels = shape[1] if _is_int(shape[1]) else 4
+        self.unet_channels = shape[1] if _is_int(shape[1]) else 4
+        # Inpainting U-Nets take 9 channels: latents (4), mask (1), masked-image latents (4).
+        self.latent_channels = 4 if self.unet_channels == 9 else self.unet_channels
+        # LCM-distilled U-Nets: the guidance embedding's width (None: an ordinary U-Net).
+        cond = unet_in.get(TIMESTEP_COND)
+        self.time_cond_dim = None
+        if cond is not None:
+            dim = cond.shape[-1] if _is_int(cond.shape[-1]) else None
+            config_dim = self.folder.configs.get("unet", {}).get("time_cond_proj_dim", 256)
+            self.time_cond_dim = dim or int(config_dim)
         # Exports with static shapes fix the batch too (U-Net: 2 x images, for guidance).
         self._unet_batch = shape[0] if _is_int(shape[0]) else None
         self._dec_batch = self._static_batch(self.vae_decoder)
@@ -153,6 +194,8 @@ class Pipeline:
         if factor is None:
             factor = self._factor_from_graph()
         self.vae_scale_factor = factor
+        # Image sides must be multiples of this: the VAE's factor times the U-Net's downsampling.
+        self.size_multiple = factor * self.folder.unet_downsampling
         size = self.folder.unet_sample_size
         if size is None:
             size = next((d for d in self._static_hw if d), None) or 512 // factor
@@ -197,10 +240,11 @@ class Pipeline:
     # --- argument checks (all before any model runs) -----------------------------------------
 
     def _check_size(self, name: str, value: Any, static: int | None) -> int:
-        f = self.vae_scale_factor
-        if not _is_int(value) or value <= 0 or value % f:
+        f, m = self.vae_scale_factor, self.size_multiple
+        if not _is_int(value) or value <= 0 or value % m:
             raise ValueError(
-                f"{name} must be a positive multiple of {f} (the VAE's latent factor), got {value!r}"
+                f"{name} must be a positive multiple of {m} (the VAE's factor {f} x the U-Net's "
+                f"downsampling {m // f}), got {value!r}"
             )
         if static is not None and value != static * f:
             raise ValueError(f"{name} must be {static * f}: this model was exported with a fixed size")
@@ -224,19 +268,27 @@ class Pipeline:
         self,
         prompt: str | Sequence[str],
         negative_prompt: str | Sequence[str] | None = None,
-        num_inference_steps: int = 20,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         height: int | None = None,
         width: int | None = None,
-        sampler: str = "unipc",
+        sampler: str | None = None,
         sampler_options: dict[str, Any] | None = None,
         seed: int | Sequence[int] | None = None,
         latents: np.ndarray | None = None,
         num_images_per_prompt: int = 1,
         image: Any = None,
-        strength: float = 0.8,
+        strength: float | None = None,
         output_type: str = "pil",
         callback: Callable[[int, int, np.ndarray], bool | None] | None = None,
+        mask_image: Any = None,
+        prompt_2: str | Sequence[str] | None = None,
+        negative_prompt_2: str | Sequence[str] | None = None,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] | None = None,
+        target_size: tuple[int, int] | None = None,
+        aesthetic_score: float | None = None,
+        negative_aesthetic_score: float | None = None,
     ) -> PipelineOutput:
         """Generate ``len(prompts) * num_images_per_prompt`` images (prompt-major order).
 
@@ -245,14 +297,41 @@ class Pipeline:
         reported in ``.seeds``).  ``image`` switches to image-to-image: ``strength`` of the
         ``num_inference_steps`` are run.  ``callback(step, total, latents)`` runs after each
         model call (step counts from 1); returning False cancels (see the module docstring).
+        ``num_inference_steps``, ``guidance_scale`` and ``sampler`` left at None come from
+        ``self.preset`` (the model family's defaults, ``sdlite.presets``).  ``mask_image`` with
+        ``image`` inpaints (white = repaint; see ``sdlite.inpaint``); ``strength`` defaults to 0.8
+        for image-to-image and 1.0 (start from pure noise) for inpainting, as in diffusers.
+        SDXL only (see ``sdlite.conditioning``; ValueError for other models): ``prompt_2`` /
+        ``negative_prompt_2`` for the second text encoder, ``original_size``,
+        ``crops_coords_top_left``, ``target_size`` ((height, width) pairs; default: the output
+        size, (0, 0)), and for refiners ``aesthetic_score`` / ``negative_aesthetic_score``
+        (default 6.0 / 2.5), all as in diffusers' SDXL pipelines.
         Not thread-safe: one call at a time per Pipeline.
         """
         t_start = time.perf_counter()
-        sessions = [self.text_encoder, self.unet, self.vae_decoder, self.vae_encoder, self._fp32_decoder]
+        sessions = [*self.prompt_encoder.sessions, self.unet, self.vae_decoder, self.vae_encoder]
+        sessions.append(self._fp32_decoder)
         before = {id(s): s.seconds for s in sessions if s is not None}
 
         # -- validate everything first --
+        preset = self.preset
+        if sampler is None:
+            sampler = preset.sampler
+            if preset.sampler_options and isinstance(sampler_options, (dict, type(None))):
+                sampler_options = {**preset.sampler_options, **(sampler_options or {})}
+        num_inference_steps = preset.steps if num_inference_steps is None else num_inference_steps
+        guidance_scale = preset.guidance if guidance_scale is None else guidance_scale
         prompts = _as_prompts("prompt", prompt)
+        sdxl_options = SDXLOptions(
+            prompt_2,
+            negative_prompt_2,
+            original_size,
+            crops_coords_top_left,
+            target_size,
+            aesthetic_score,
+            negative_aesthetic_score,
+        )
+        self.prompt_encoder.check(sdxl_options, len(prompts))
         if negative_prompt is None:
             negatives = [""] * len(prompts)
         else:
@@ -263,6 +342,12 @@ class Pipeline:
                 raise ValueError(
                     f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; "
                     "give one negative prompt per prompt, or a single string"
+                )
+            if self.time_cond_dim is not None and any(negatives):
+                raise ValueError(
+                    "negative_prompt: this LCM-distilled U-Net (timestep_cond input) runs without an "
+                    "unconditional pass, so a negative prompt has no effect (as in diffusers' "
+                    "LatentConsistencyModelPipeline); leave it out"
                 )
         steps = _check_int("num_inference_steps", num_inference_steps, 1, 10_000)
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
@@ -285,7 +370,15 @@ class Pipeline:
             raise ValueError(f"sampler={sampler!r}, sampler_options={sampler_options!r}: {err}") from err
         batch = len(prompts) * per_prompt
 
-        init_images = None
+        if mask_image is not None and image is None:
+            raise ValueError("mask_image needs image: inpainting repaints the masked area of image")
+        if self.unet_channels == 9 and mask_image is None:
+            raise ValueError(
+                "this is an inpainting U-Net (9 input channels): pass image and mask_image (white = repaint)"
+            )
+        if strength is None:
+            strength = 1.0 if mask_image is not None else 0.8  # diffusers' inpaint / img2img defaults
+        init_images = masks = None
         if image is not None:
             if self.vae_encoder is None:
                 raise ValueError(
@@ -298,8 +391,22 @@ class Pipeline:
             pil = [imgs.load_image(im) for im in (image if isinstance(image, (list, tuple)) else [image])]
             if len(pil) not in (1, len(prompts)):
                 raise ValueError(f"image: give one image or one per prompt ({len(prompts)}), got {len(pil)}")
-            f = self.vae_scale_factor
-            # diffusers' VaeImageProcessor: default size = the image's, rounded down to the factor.
+            if mask_image is not None:
+                many = isinstance(mask_image, (list, tuple))
+                masks = [inp.load_mask(m) for m in (mask_image if many else [mask_image])]
+                if len(masks) not in (1, len(pil)):
+                    raise ValueError(
+                        f"mask_image: give one mask or one per image ({len(pil)}), got {len(masks)}"
+                    )
+                for k, m in enumerate(masks if len(masks) == len(pil) else masks * len(pil)):
+                    if m.size != pil[k].size:
+                        raise ValueError(
+                            f"mask_image is {m.size[0]}x{m.size[1]} but image is {pil[k].size[0]}x"
+                            f"{pil[k].size[1]}: the mask must have the image's size"
+                        )
+            # diffusers' VaeImageProcessor: default size = the image's, rounded down to the VAE's
+            # factor; here to the size multiple, as an ONNX U-Net takes no other size.
+            f = self.size_multiple
             if height is None:
                 height = max(pil[0].height // f * f, f)
             if width is None:
@@ -338,22 +445,28 @@ class Pipeline:
             timesteps = timesteps[begin:]
             scheduler.set_begin_index(begin)
 
-        do_cfg = guidance > 1.0
+        # LCM-distilled U-Nets take the guidance as an embedding instead of an unconditional pass.
+        do_cfg = guidance > 1.0 and self.time_cond_dim is None
         self._check_batches(batch, do_cfg, init_images is not None)
         rngs = [np.random.default_rng(s) for s in seeds]
 
         # -- text --
-        ids = self.tokenizer(negatives + prompts if do_cfg else prompts)
-        feeds = {self.text_input: ids}
-        if "attention_mask" in self.text_encoder.inputs:
-            # diffusers calls SD's CLIP without a mask: an all-ones mask is the same computation.
-            feeds["attention_mask"] = np.ones_like(ids)
-        (emb,) = self.text_encoder.run(feeds, outputs=[self.text_encoder.outputs[0]])
-        emb = np.repeat(emb, per_prompt, axis=0) if per_prompt > 1 else emb  # prompt-major order
-        self.unet.bind_constant("encoder_hidden_states", emb)
+        text = self.prompt_encoder.encode(
+            prompts, negatives, negative_prompt is not None, do_cfg, per_prompt, sdxl_options, height, width
+        )
+        for name, value in text.items():  # encoder_hidden_states (+ SDXL's text_embeds, time_ids)
+            self.unet.bind_constant(name, value)
+        if self.time_cond_dim is not None:
+            self.unet.bind_constant(TIMESTEP_COND, guidance_embedding(guidance, batch, self.time_cond_dim))
 
         # -- initial latents --
-        if init_images is not None:
+        inpainting = None
+        if masks is not None:
+            layout = (per_prompt, len(prompts), width, height)
+            x, inpainting = self._start_inpainting(
+                init_images, masks, layout, rngs, shape1, scheduler, timesteps, strength
+            )
+        elif init_images is not None:
             x = self._encode(init_images, per_prompt, len(prompts), width, height, rngs, shape1)
             noise = np.stack([r.standard_normal(shape1, dtype=np.float32) for r in rngs])
             x = scheduler.add_noise(x, noise, np.repeat(timesteps[:1], batch))
@@ -367,23 +480,34 @@ class Pipeline:
         t_info = self.unet.inputs["timestep"]
         cancelled = False
         total = len(timesteps)
+        # The timestep inputs, made before the loop: after each U-Net call the caches are cold
+        # and every numpy call in the loop costs several times its warm time.
+        unet_batch = batch * (2 if do_cfg else 1)
+        t_feeds = [
+            np.full(unet_batch, t, dtype=t_info.dtype) if t_info.rank == 1 else np.asarray(t, t_info.dtype)
+            for t in timesteps
+        ]
+        g = np.float32(guidance)
         try:
             for i, t in enumerate(timesteps):
                 model_in = scheduler.scale_model_input(x, t)
                 if do_cfg:
                     model_in = np.concatenate([model_in, model_in])
-                tt = np.asarray(t, dtype=t_info.dtype)
-                if t_info.rank == 1:
-                    tt = np.full(model_in.shape[0], t, dtype=t_info.dtype)
-                (pred,) = self.unet.run({"sample": model_in, "timestep": tt})
+                if inpainting is not None:
+                    model_in = inpainting.unet_input(model_in, do_cfg)
+                (pred,) = self.unet.run({"sample": model_in, "timestep": t_feeds[i]})
                 pred = pred.astype(np.float32, copy=False)
-                if do_cfg:
-                    uncond, cond = pred[:batch], pred[batch:]
-                    pred = uncond + np.float32(guidance) * (cond - uncond)
+                if do_cfg:  # uncond + g (cond - uncond), in place in the U-Net's fresh output
+                    uncond, pred = pred[:batch], pred[batch:]
+                    pred -= uncond
+                    pred *= g
+                    pred += uncond
                 step_noise = None
                 if stochastic:
                     step_noise = np.stack([r.standard_normal(shape1, dtype=np.float32) for r in rngs])
                 x = scheduler.step(pred, t, x, noise=step_noise)
+                if inpainting is not None:
+                    x = inpainting.blend(x, scheduler, timesteps[i + 1] if i + 1 < total else None)
                 if callback is not None and callback(i + 1, total, x) is False:
                     cancelled = True
                     break
@@ -401,9 +525,10 @@ class Pipeline:
 
         total_s = time.perf_counter() - t_start
         spent = {id(s): s.seconds - before.get(id(s), 0.0) for s in self._all_sessions()}
-        t_text = spent[id(self.text_encoder)]
+        text_ids = {id(s) for s in self.prompt_encoder.sessions}  # SDXL: both encoders
+        t_text = sum(spent[k] for k in text_ids)
         t_unet = spent[id(self.unet)]
-        t_vae = sum(v for k, v in spent.items() if k not in (id(self.text_encoder), id(self.unet)))
+        t_vae = sum(v for k, v in spent.items() if k not in text_ids and k != id(self.unet))
         timings = {
             "text_encoder": t_text,
             "unet": t_unet,
@@ -434,7 +559,7 @@ class Pipeline:
         return PipelineOutput(result, seeds, timings, cancelled, x, params)
 
     def _all_sessions(self) -> list[Session]:
-        out = [self.text_encoder, self.unet, self.vae_decoder]
+        out = [*self.prompt_encoder.sessions, self.unet, self.vae_decoder]
         return out + [s for s in (self.vae_encoder, self._fp32_decoder) if s is not None]
 
     def _encode(
@@ -452,6 +577,13 @@ class Pipeline:
         if len(pixels) == 1:
             pixels = pixels * n_prompts
         batch_pixels = np.concatenate([p for p in pixels for _ in range(per_prompt)])
+        return self._encode_pixels(batch_pixels, rngs, shape1)
+
+    def _encode_pixels(
+        self, batch_pixels: np.ndarray, rngs: list[np.random.Generator], shape1: tuple[int, ...]
+    ) -> np.ndarray:
+        """[B,3,H,W] in [-1,1] -> scaled latents; a posterior sample draws one normal per image."""
+        assert self.vae_encoder is not None
         name = next(iter(self.vae_encoder.inputs))
         step = self._enc_batch or len(batch_pixels)
         outs = [
@@ -466,6 +598,45 @@ class Pipeline:
             eps = np.stack([r.standard_normal(shape1, dtype=np.float32) for r in rngs])
             out = mean + std * eps
         return out * np.float32(self.folder.scaling_factor)
+
+    def _start_inpainting(
+        self,
+        pil: list,
+        masks: list,
+        layout: tuple[int, int, int, int],  # per_prompt, n_prompts, width, height
+        rngs: list[np.random.Generator],
+        shape1: tuple[int, ...],
+        scheduler: Any,
+        timesteps: np.ndarray,
+        strength: float,
+    ) -> tuple[np.ndarray, inp.Inpainting]:
+        """Initial latents and loop state as diffusers' StableDiffusionInpaintPipeline prepares them.
+
+        Draws per image, in order: the image's posterior sample (only when its latents are
+        needed: a 4-channel U-Net, or strength < 1), the initial noise, the masked image's
+        posterior sample (9-channel U-Nets); then the sampler's per-step noise.
+        """
+        per_prompt, n_prompts, width, height = layout
+
+        def per_image(items: list) -> list:
+            items = items * n_prompts if len(items) == 1 else items
+            return [item for item in items for _ in range(per_prompt)]
+
+        pixels = np.concatenate(per_image([imgs.image_to_model(im, width, height) for im in pil]))
+        if len(masks) == 1 and len(pil) > 1:
+            masks = masks * len(pil)
+        mask_px = np.concatenate(per_image([inp.mask_to_model(m, width, height) for m in masks]))
+        nine = self.unet_channels == 9
+        image_latents = self._encode_pixels(pixels, rngs, shape1) if (not nine or strength < 1) else None
+        noise = np.stack([r.standard_normal(shape1, dtype=np.float32) for r in rngs])
+        if strength == 1:  # diffusers' is_strength_max: pure noise, not the noised image
+            x = noise * np.float32(scheduler.init_noise_sigma)
+        else:
+            x = scheduler.add_noise(image_latents, noise, np.repeat(timesteps[:1], len(noise)))
+        mask = inp.nearest_resize(mask_px, shape1[1:])
+        masked = self._encode_pixels(inp.masked_pixels(pixels, mask_px), rngs, shape1) if nine else None
+        state = inp.Inpainting(mask, masked, None if nine else image_latents, noise)
+        return x, state
 
     def _decode(self, x: np.ndarray) -> np.ndarray:
         """VAE-decode one image at a time (lower peak memory); redo in fp32 on NaN/inf."""

@@ -71,3 +71,92 @@ def tiny_sd1_onnx(tiny_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd2_onnx(tiny_cache: Path) -> Path:
     return _onnx(tiny_cache, "sd2")
+
+
+def _sdxl_diffusers(tiny_cache: Path, kind: str) -> Path:
+    return tiny_models.cached_build(
+        tiny_cache, f"sdxl-{kind}-diffusers", lambda p: tiny_models.build_tiny_sdxl(p, kind=kind, seed=0)
+    )
+
+
+def _sdxl_export(tiny_cache: Path, kind: str) -> Path:
+    """``sdlite export --dtype fp32 --target cpu`` of the tiny SDXL model (cached like the rest)."""
+
+    def build(out: Path) -> None:
+        from sdlite.export import export_model
+
+        export_model(_sdxl_diffusers(tiny_cache, kind), out, dtype="fp32", target="cpu", progress=False)
+
+    return tiny_models.cached_build(tiny_cache, f"sdxl-{kind}-sdlite", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_diffusers(tiny_cache: Path) -> Path:
+    return _sdxl_diffusers(tiny_cache, "base")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_refiner_diffusers(tiny_cache: Path) -> Path:
+    return _sdxl_diffusers(tiny_cache, "refiner")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_onnx(tiny_cache: Path) -> Path:
+    """The tiny SDXL base exported by ``sdlite export`` (fp32, CPU fusions)."""
+    return _sdxl_export(tiny_cache, "base")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_refiner_onnx(tiny_cache: Path) -> Path:
+    """The tiny SDXL refiner exported by ``sdlite export`` (fp32, CPU fusions)."""
+    return _sdxl_export(tiny_cache, "refiner")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_optimum(tiny_cache: Path) -> Path:
+    """The tiny SDXL base exported by ``optimum-cli export onnx --task text-to-image``."""
+    src = _sdxl_diffusers(tiny_cache, "base")
+    return tiny_models.cached_build(
+        tiny_cache, "sdxl-base-optimum", lambda p: tiny_models.export_optimum(src, p)
+    )
+
+
+def _fewstep_diffusers(tiny_cache: Path, kind: str) -> Path:
+    return tiny_models.cached_build(
+        tiny_cache, f"{kind}-diffusers", lambda p: tiny_models.build_tiny_fewstep(p, kind=kind, seed=0)
+    )
+
+
+def _fewstep_export(tiny_cache: Path, kind: str) -> Path:
+    """``sdlite export --dtype fp32 --target cpu`` (the command line) of a tiny LCM / inpainting model."""
+    src = _fewstep_diffusers(tiny_cache, kind)
+
+    def build(out: Path) -> None:
+        from sdlite.cli import main
+
+        code = main(["export", str(src), str(out), "--dtype", "fp32", "--target", "cpu", "--quiet"])
+        assert code == 0, f"sdlite export of the tiny {kind} model failed ({code})"
+
+    return tiny_models.cached_build(tiny_cache, f"{kind}-sdlite", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_lcm_diffusers(tiny_cache: Path) -> Path:
+    """A tiny ``LatentConsistencyModelPipeline`` (U-Net with ``time_cond_proj_dim``)."""
+    return _fewstep_diffusers(tiny_cache, "lcm")
+
+
+@pytest.fixture(scope="session")
+def tiny_lcm_onnx(tiny_cache: Path) -> Path:
+    return _fewstep_export(tiny_cache, "lcm")
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_diffusers(tiny_cache: Path) -> Path:
+    """A tiny ``StableDiffusionInpaintPipeline`` with a 9-channel U-Net."""
+    return _fewstep_diffusers(tiny_cache, "inpaint")
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_onnx(tiny_cache: Path) -> Path:
+    return _fewstep_export(tiny_cache, "inpaint")

@@ -29,8 +29,9 @@ def no_model_runs(monkeypatch):
 
 
 BAD_CALLS = [
-    (dict(height=66), "height", "multiple of 4"),
-    (dict(width=30), "width", "multiple of 4"),
+    (dict(height=66), "height", "multiple of 8"),
+    (dict(width=30), "width", "multiple of 8"),
+    (dict(width=36), "width", "multiple of 8"),  # a multiple of the VAE's 4, not of the U-Net's 2 x 4
     (dict(height=0), "height", "positive"),
     (dict(width=-64), "width", "positive"),
     (dict(height=64.0), "height", "multiple"),

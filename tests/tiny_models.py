@@ -208,3 +208,198 @@ def cached_build(root: Path, name: str, build) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+# --- SDXL -----------------------------------------------------------------------------------------
+# Shapes after diffusers' SDXL fast tests (get_dummy_components), with the two encoders of
+# different widths (32 and 48) so that a swapped concatenation or the wrong pooled output
+# cannot go unnoticed.  Base: 6 time ids (original size, crop top-left, target size), U-Net
+# cross-attention over both encoders (32 + 48).  Refiner: text_encoder_2 only, 5 time ids
+# (original size, crop, aesthetic score), cross-attention over encoder 2 (48).
+SDXL_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    steps_offset=1,
+    timestep_spacing="leading",
+    interpolation_type="linear",
+    use_karras_sigmas=False,
+    prediction_type="epsilon",
+)
+SDXL_TIME_EMBED = 8
+SDXL_TE1 = dict(hidden_size=32, projection_dim=32)
+SDXL_TE2 = dict(hidden_size=48, projection_dim=40)
+
+
+def _sdxl_text_encoder(cls, dims: dict, seed: int):
+    import torch
+    from transformers import CLIPTextConfig
+
+    torch.manual_seed(seed)
+    return cls(
+        CLIPTextConfig(
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+            intermediate_size=37,
+            layer_norm_eps=1e-5,
+            num_attention_heads=4,
+            num_hidden_layers=4,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            **dims,
+        )
+    )
+
+
+def build_tiny_sdxl(path: str | os.PathLike, kind: str = "base", seed: int = 0) -> Path:
+    """Save a tiny random-weight SDXL base (``StableDiffusionXLPipeline``) or refiner
+    (``StableDiffusionXLImg2ImgPipeline``, ``requires_aesthetics_score``) at ``path``."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    if kind not in ("base", "refiner"):
+        raise ValueError(f"kind must be 'base' or 'refiner', got {kind!r}")
+    refiner = kind == "refiner"
+    n_time_ids = 5 if refiner else 6
+    context = SDXL_TE2["hidden_size"] + (0 if refiner else SDXL_TE1["hidden_size"])
+    path = Path(path)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=SDXL_TIME_EMBED,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=n_time_ids * SDXL_TIME_EMBED + SDXL_TE2["projection_dim"],
+        cross_attention_dim=context,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=0.13025,  # SDXL's VAE
+        force_upcast=True,  # as SDXL's VAE config: its fp16 decode overflows
+    )
+    text_encoder_2 = _sdxl_text_encoder(CLIPTextModelWithProjection, SDXL_TE2, seed + 3)
+    scheduler = EulerDiscreteScheduler.from_config(SDXL_SCHEDULER)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer_2 = make_clip_tokenizer("sd2", Path(tmp) / "t2")  # SDXL's second tokenizer pads with "!"
+        if refiner:
+            pipe = StableDiffusionXLImg2ImgPipeline(
+                vae=vae,
+                text_encoder=None,
+                text_encoder_2=text_encoder_2,
+                tokenizer=None,
+                tokenizer_2=tokenizer_2,
+                unet=unet,
+                scheduler=scheduler,
+                requires_aesthetics_score=True,
+                force_zeros_for_empty_prompt=False,
+                add_watermarker=False,
+            )
+        else:
+            text_encoder = _sdxl_text_encoder(CLIPTextModel, SDXL_TE1, seed + 2)
+            pipe = StableDiffusionXLPipeline(
+                vae=vae,
+                text_encoder=text_encoder,
+                text_encoder_2=text_encoder_2,
+                tokenizer=make_clip_tokenizer("sd1", Path(tmp) / "t1"),
+                tokenizer_2=tokenizer_2,
+                unet=unet,
+                scheduler=scheduler,
+                force_zeros_for_empty_prompt=True,
+                add_watermarker=False,
+            )
+        pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+# --- few-step (LCM) and inpainting ------------------------------------------------------------------
+# The SD-1 tiny model's VAE, text encoder and tokenizer with another U-Net: an LCM-distilled one
+# (``time_cond_proj_dim``: the guidance embedding input ``timestep_cond``, LCMScheduler) or an
+# inpainting one (9 input channels: latents, mask, masked-image latents).
+LCM_TIME_COND_DIM = 32
+LCM_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    original_inference_steps=50,
+    set_alpha_to_one=True,
+    steps_offset=1,
+    clip_sample=False,
+    timestep_scaling=10.0,
+    prediction_type="epsilon",
+)
+
+
+def build_tiny_fewstep(path: str | os.PathLike, kind: str = "lcm", seed: int = 0) -> Path:
+    """Save a tiny random-weight ``LatentConsistencyModelPipeline`` (``kind="lcm"``) or
+    ``StableDiffusionInpaintPipeline`` with a 9-channel U-Net (``kind="inpaint"``) at ``path``."""
+    import torch
+    from diffusers import (
+        LatentConsistencyModelPipeline,
+        LCMScheduler,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+
+    if kind not in ("lcm", "inpaint"):
+        raise ValueError(f"kind must be 'lcm' or 'inpaint', got {kind!r}")
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = StableDiffusionPipeline.from_pretrained(build_tiny_sd(Path(tmp) / "sd1", "sd1", seed))
+        torch.manual_seed(seed + 10)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            sample_size=16,
+            in_channels=9 if kind == "inpaint" else 4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=8,
+            time_cond_proj_dim=LCM_TIME_COND_DIM if kind == "lcm" else None,
+        )
+        parts = dict(
+            vae=base.vae,
+            text_encoder=base.text_encoder,
+            tokenizer=base.tokenizer,
+            unet=unet,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        if kind == "lcm":
+            pipe = LatentConsistencyModelPipeline(scheduler=LCMScheduler.from_config(LCM_SCHEDULER), **parts)
+        else:
+            pipe = StableDiffusionInpaintPipeline(scheduler=base.scheduler, **parts)
+        pipe.save_pretrained(path, safe_serialization=True)
+    return path

@@ -31,6 +31,8 @@ Rules:
   model call and only when the step is stochastic, so that tests can feed diffusers' draws.
 - Schedule math in float64; the sample keeps the caller's dtype (cast scalars, not arrays).
 - At a zero final sigma return the data prediction (never divide by sigma = 0).
+- Exception: a spec with ``receives_model_output`` gets ``(sample, model_output)`` in diffusers'
+  VP terms instead and yields VP samples (see the field's comment).
 """
 
 from __future__ import annotations
@@ -95,6 +97,12 @@ class SamplerSpec:
     # model output itself, which spares Euler-type samplers four full-array passes per call.
     # ``d`` may be the caller's array: such a generator never modifies it and copies what it keeps.
     receives_derivative: bool = False
+    # True (VP samplers whose diffusers step is affine in the sample and the model output: DDIM,
+    # PLMS): the generator receives diffusers' own ``(sample, model_output)`` pair and the
+    # ``prediction_type`` option, and yields the next VP sample.  The VE views then exist only as
+    # float64 coefficients: a step is two or three full-array passes, as in diffusers, instead
+    # of the seven that converting at the boundary costs.
+    receives_model_output: bool = False
 
 
 def to_d(x: np.ndarray, sigma: float, denoised: np.ndarray) -> np.ndarray:

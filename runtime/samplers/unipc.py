@@ -8,6 +8,7 @@ sigma schedule, computed in float64 before the first call.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -86,6 +87,33 @@ def _unipc_step(
     return a, tuple(float(scale * w) for w in weights), 0.0
 
 
+@functools.lru_cache(maxsize=64)
+def _coefficients(
+    sigmas: tuple[float, ...],
+    solver_order: int,
+    bh1: bool,
+    predict_x0: bool,
+    disable_corrector: tuple[int, ...],
+    lower_order_final: bool,
+    offset: int,
+) -> tuple[list[Step], list[Step | None]]:
+    """Every predictor and corrector of a run; cached, as a pipeline repeats the same schedule."""
+    n = len(sigmas) - 1
+    sig = np.asarray(sigmas)
+    lam = _lambdas(sig)
+    # warm-up counts from this run's first step; disable_corrector holds global step indices
+    orders = [min(solver_order, n - i if lower_order_final else solver_order, i + 1) for i in range(n)]
+    predictors = [_unipc_step(lam, sig, i, orders[i], predict_x0, bh1, False) for i in range(n)]
+    # UniC at step i corrects the previous predictor with the order that predictor used
+    correctors: list[Step | None] = [None] + [
+        None
+        if offset + i - 1 in disable_corrector
+        else _unipc_step(lam, sig, i - 1, orders[i - 1], predict_x0, bh1, True)
+        for i in range(1, n)
+    ]
+    return predictors, correctors
+
+
 def sample_unipc(
     sigmas: np.ndarray,
     noise_sampler: NoiseSampler,
@@ -104,19 +132,16 @@ def sample_unipc(
     ``thresholding`` when it integrates the noise prediction (predict_x0=False).
     """
     _check(solver_order, solver_type, disable_corrector)
-    n, offset = len(sigmas) - 1, _offset(step_index)
-    lam = _lambdas(sigmas)
-    bh1 = solver_type == "bh1"
-    # warm-up counts from this run's first step; disable_corrector holds global step indices
-    orders = [min(solver_order, n - i if lower_order_final else solver_order, i + 1) for i in range(n)]
-    predictors = [_unipc_step(lam, sigmas, i, orders[i], predict_x0, bh1, False) for i in range(n)]
-    # UniC at step i corrects the previous predictor with the order that predictor used
-    correctors = [None] + [
-        None
-        if offset + i - 1 in disable_corrector
-        else _unipc_step(lam, sigmas, i - 1, orders[i - 1], predict_x0, bh1, True)
-        for i in range(1, n)
-    ]
+    predictors, correctors = _coefficients(
+        tuple(float(v) for v in sigmas),
+        solver_order,
+        solver_type == "bh1",
+        predict_x0,
+        tuple(int(k) for k in disable_corrector),
+        lower_order_final,
+        _offset(step_index),
+    )
+    n = len(predictors)
 
     outputs: deque[np.ndarray] = deque(maxlen=4)
     x, denoised = yield

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .base import BaseSchedule, NoiseSampler, Plan, SamplerGen, SamplerSpec, to_d
+from .base import BaseSchedule, NoiseSampler, Plan, SamplerGen, SamplerSpec
 from .registry import register
 
 
@@ -33,39 +33,59 @@ def _stride_targets(base: BaseSchedule, timesteps: np.ndarray, n: int) -> np.nda
     return np.where(prev >= 0, train[np.maximum(prev, 0)], base.sigmas[-1])
 
 
+def _vp_coefficients(prediction_type: str, sigma: float) -> tuple[float, float, float, float]:
+    """(ax, am, ex, em): x0 = ax x + am m and eps = ex x + em m for the VP sample x and the
+    model output m at VE sigma ``sigma`` (sqrt(abar) = 1 / sqrt(1 + sigma^2))."""
+    s0 = 1.0 / math.sqrt(1.0 + sigma**2)
+    s1 = sigma * s0
+    if prediction_type == "epsilon":
+        return 1.0 / s0, -s1 / s0, 0.0, 1.0
+    if prediction_type == "v_prediction":
+        return s0, -s1, s1, s0
+    return 0.0, 1.0, 1.0 / s1, -s0 / s1  # "sample"
+
+
 def sample_ddim(
     sigmas: np.ndarray,
     noise_sampler: NoiseSampler,
     sigmas_to: np.ndarray,
+    prediction_type: str = "epsilon",
     clip: Callable[[np.ndarray], np.ndarray] | None = None,
     eta: float = 0.0,
     use_clipped_model_output: bool = False,
 ) -> SamplerGen:
-    x, denoised = yield None
+    """DDIMScheduler on the VP sample (``receives_model_output``): from the call's noise level to
+    that of ``t - T // n`` (``sigmas_to``), prev = sqrt(abar') x0 + sqrt(1 - abar' - std^2) eps +
+    std noise, where sqrt(abar') = k = 1 / sqrt(1 + sigma_to^2) and the eta-scaled std is
+    exactly k times the ancestral sigma_up of sigma -> sigma_to."""
+    x, m = yield None
     for i in range(len(sigmas) - 1):
         sigma, sigma_to = sigmas[i], sigmas_to[i]
-        # DDIM's eta-scaled variance is exactly the ancestral split of sigma -> sigma_to.
         sigma_up = eta * (sigma_to**2 * (sigma**2 - sigma_to**2) / sigma**2) ** 0.5 if eta else 0.0
         sigma_down = max(sigma_to**2 - sigma_up**2, 0.0) ** 0.5
-        reread = ((1 + sigmas[i + 1] ** 2) / (1 + sigma_to**2)) ** 0.5
+        k = 1.0 / math.sqrt(1.0 + sigma_to**2)
+        ax, am, ex, em = _vp_coefficients(prediction_type, sigma)
         if clip is None:
-            # denoised + sigma_down * (x - denoised) / sigma as one weighted sum (no cancellation
-            # at a zero-SNR sigma of 1e10), already read at the next call's sigma.
-            w = sigma_down / sigma
-            x_next = denoised * _f(x, (1 - w) * reread)
-            x_next += x * _f(x, w * reread)
+            # Unclipped, the step is affine in (x, m): two scaled passes and an add.
+            x_next = x * _f(x, k * ax + k * sigma_down * ex)
+            x_next += m * _f(x, k * am + k * sigma_down * em)
         else:
             # diffusers keeps the model's own epsilon even when it clips the data prediction.
-            eps = to_d(x, sigma, denoised)
-            denoised = clip(denoised)
-            if use_clipped_model_output:
-                eps = to_d(x, sigma, denoised)
-            eps *= _f(x, sigma_down * reread)  # eps is a fresh array from to_d: step in place
-            eps += denoised * _f(x, reread)
+            x0 = x * _f(x, ax)
+            x0 += m * _f(x, am)
+            eps = x * _f(x, ex)
+            eps += m * _f(x, em)
+            x0 = clip(x0)
+            if use_clipped_model_output:  # eps = (x - sqrt(abar) x0) / sqrt(1 - abar)
+                s0 = 1.0 / math.sqrt(1.0 + sigma**2)
+                eps = x * _f(x, 1.0 / (sigma * s0))
+                eps -= x0 * _f(x, 1.0 / sigma)
+            eps *= _f(x, k * sigma_down)
+            eps += x0 * _f(x, k)
             x_next = eps
         if sigma_up > 0:
-            x_next += noise_sampler(sigma, sigma_to) * _f(x, sigma_up * reread)
-        x, denoised = yield x_next
+            x_next += noise_sampler(sigma, sigma_to) * _f(x, k * sigma_up)
+        x, m = yield x_next
 
 
 def _ddim_plan(base: BaseSchedule, options: dict) -> Plan:
@@ -83,7 +103,8 @@ def sample_plms(
     prediction_type: str = "epsilon",
     prk_half: int = 0,
 ) -> SamplerGen:
-    """Pseudo numerical methods (PNDMScheduler): Adams-Bashforth on the model output.
+    """Pseudo numerical methods (PNDMScheduler) on the VP sample (``receives_model_output``):
+    Adams-Bashforth on the model output.
 
     With ``skip_prk_steps`` (PLMS, ``prk_half == 0``): call 0 takes a DDIM step from t to
     t - stride; call 1 (at the next timestep, repeated in the schedule) redoes that step from
@@ -98,25 +119,42 @@ def sample_plms(
         return float(train_sigmas[t]) if t >= 0 else final_sigma
 
     v_pred = prediction_type == "v_prediction"
+    as_sample = prediction_type == "sample"  # not in diffusers: its epsilon, (x - s0 x0) / s1
     n_rk = 12 if prk_half else 0
-    # Receives the derivative d = (x - denoised) / sigma, an epsilon model's own output.
-    x, d = yield None
-    outs: list[np.ndarray] = []
-    first_x, first_sigma = x, sigmas[0]
+    x, m = yield None
+    outs: list[np.ndarray] = []  # the Runge-Kutta warm-up's outputs
+    # The last four outputs as rows of one array, oldest first in ``slots``: the Adams-Bashforth
+    # sum is then one matrix-vector product instead of four scaled passes and four adds.
+    ring: np.ndarray | None = None
+    slots: list[int] = []
+    first_x = x
     rk_sum: list[tuple[float, np.ndarray]] = []
     for c in range(len(sigmas) - 1):
         t, sigma = int(timesteps[c]), sigmas[c]
-        if v_pred:  # the model's v: sqrt(1 + s^2) d - s x / sqrt(1 + s^2)
-            out = d * _f(x, math.sqrt(1 + sigma**2))
-            out -= x * _f(x, sigma / math.sqrt(1 + sigma**2))
+        adams = c >= n_rk and not (c == 1 and not n_rk)
+        if adams:
+            if ring is None:
+                ring = np.zeros((4, *x.shape), dtype=x.dtype)
+                for j, o in enumerate(outs):
+                    ring[j] = o
+                slots = list(range(len(outs)))
+            row = slots.pop(0) if len(slots) == 4 else len(slots)
+            slots.append(row)
+            out = ring[row]
         else:
-            out = d.copy()  # kept across calls: not the caller's array
+            out = np.empty_like(x)
+        # kept across calls, so never the caller's array
+        if as_sample:
+            np.multiply(x, _f(x, math.sqrt(1 + sigma**2) / sigma), out=out)
+            out -= m * _f(x, 1 / sigma)
+        else:
+            np.copyto(out, m)
         if c < n_rk:  # Runge-Kutta warm-up: every stage restarts from the step's first sample
             stage = c % 4
             start = int(timesteps[c - stage])
             if stage == 0:
                 outs.append(out)
-                first_x, first_sigma = x, sigma
+                first_x = x
                 rk_sum = [(1 / 6, out)]
                 terms, coefs = [out], [1.0]
             elif stage < 3:
@@ -125,28 +163,36 @@ def sample_plms(
             else:
                 coefs, terms = [w for w, _ in rk_sum] + [1 / 6], [o for _, o in rk_sum] + [out]
             s_from, s_to = sigma_of(start), sigma_of(t - (0 if c % 2 else prk_half))
-            base, base_scale = first_x, ((1 + s_from**2) / (1 + first_sigma**2)) ** 0.5
-        elif c == 1 and not n_rk:
+            base = first_x
+        elif not adams:  # PLMS call 1: redo call 0's step with the mean of both outputs
+            assert ring is not None
             s_from, s_to = sigma_of(t + stride), sigma_of(t)
-            base, base_scale = first_x, ((1 + s_from**2) / (1 + first_sigma**2)) ** 0.5
-            terms, coefs = [out, outs[-1]], [0.5, 0.5]
+            base = first_x
+            terms, coefs = [out, ring[slots[-1]]], [0.5, 0.5]
         else:
-            outs = outs[-3:] + [out]
             if c == 0:
-                first_x, first_sigma = x, sigma
+                first_x = x
             s_from, s_to = sigma, sigma_of(t - stride)
-            base, base_scale = x, 1.0
-            terms, coefs = outs[::-1], _ADAMS_BASHFORTH[len(outs)]
-        # x_next = base + (s_to - s_from) * eps, with eps = sum(coefs * outs) for epsilon models
-        # and eps = (sum(coefs * v) + s_from * base) / sqrt(1 + s_from^2) for v models; then
-        # read at the next call's sigma.  All scalars are folded so each array is touched once.
-        dt, reread = s_to - s_from, ((1 + sigmas[c + 1] ** 2) / (1 + s_to**2)) ** 0.5
-        scale = dt / math.sqrt(1 + s_from**2) if v_pred else dt
+            base = x
+        # In VE terms x_next = base + (s_to - s_from) * eps, with eps = sum(coefs * outs) for
+        # epsilon models and eps = (sum(coefs * v) + s_from * base) / sqrt(1 + s_from^2) for v
+        # models, base being the VP sample's VE view at s_from.  On the VP sample: the VE view
+        # at s_from is base * sqrt(1 + s_from^2), the result is read back by 1 / sqrt(1 + s_to^2).
+        dt, c_from, k = s_to - s_from, math.sqrt(1 + s_from**2), 1.0 / math.sqrt(1 + s_to**2)
+        scale = dt / c_from if v_pred else dt
         base_coef = 1 + (dt * s_from / (1 + s_from**2) if v_pred else 0.0)
-        x = base * _f(x, base_coef * base_scale * reread)
-        for coef, term in zip(coefs, terms, strict=True):
-            x += term * _f(x, coef * scale * reread)
-        x, d = yield x
+        if adams:
+            assert ring is not None
+            w = np.zeros(4, dtype=x.dtype)
+            for coef, r in zip(_ADAMS_BASHFORTH[len(slots)], reversed(slots), strict=True):
+                w[r] = coef * scale * k
+            x_next = np.dot(w, ring.reshape(4, -1)).reshape(x.shape)
+            x_next += base * _f(x, base_coef * c_from * k)
+        else:
+            x_next = base * _f(x, base_coef * c_from * k)
+            for coef, term in zip(coefs, terms, strict=True):
+                x_next += term * _f(x, coef * scale * k)
+        x, m = yield x_next
 
 
 _ADAMS_BASHFORTH = {
@@ -211,6 +257,7 @@ for _spec in (
         family="ddim",
         stochastic=True,
         clips_itself=True,
+        receives_model_output=True,
     ),
     SamplerSpec(
         "pndm",
@@ -220,7 +267,7 @@ for _spec in (
         defaults={"skip_prk_steps": True},
         plan=_plms_plan,
         family="pndm",
-        receives_derivative=True,
+        receives_model_output=True,
     ),
     SamplerSpec(
         "lcm",

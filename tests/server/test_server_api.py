@@ -1,0 +1,199 @@
+"""AUTOMATIC1111 and OpenAI round trips over real HTTP, checked against the pipeline in-process."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+import numpy as np
+from PIL import Image
+from server_helpers import decode_png, metric
+
+STEPS = 4
+
+
+def _pixels(im: Image.Image) -> np.ndarray:
+    return np.asarray(im.convert("RGB"))
+
+
+def test_a1111_txt2img_round_trip(server, demo_pipe):
+    body = {
+        "prompt": "a red circle",
+        "negative_prompt": "blue",
+        "steps": STEPS,
+        "cfg_scale": 6,
+        "sampler_name": "DPM++ 2M",
+        "scheduler": "Karras",  # newer A1111 clients send the schedule apart from the name
+        "seed": 1234,
+        "batch_size": 2,
+        "styles": [],  # A1111 fields sdlite does not use are accepted
+        "restore_faces": False,
+    }
+    r = httpx.post(f"{server.url}/sdapi/v1/txt2img", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert len(out["images"]) == 2
+    assert out["parameters"]["prompt"] == "a red circle" and out["parameters"]["seed"] == 1234
+    info = json.loads(out["info"])
+    assert info["all_seeds"] == [1234, 1235] and info["seed"] == 1234
+    assert info["width"] == info["height"] == demo_pipe.default_size
+
+    ref = demo_pipe(
+        "a red circle",
+        negative_prompt="blue",
+        num_inference_steps=STEPS,
+        guidance_scale=6,
+        sampler="DPM++ 2M Karras",
+        seed=[1234, 1235],
+        num_images_per_prompt=2,
+    )
+    for i, b64 in enumerate(out["images"]):
+        im = decode_png(b64)
+        assert im.format == "PNG" and im.size == (demo_pipe.default_size,) * 2
+        text = im.text["parameters"]
+        assert text == ref.parameters[i] == info["infotexts"][i]
+        assert (
+            f"Seed: {1234 + i}" in text
+            and "Sampler: DPM++ 2M Karras" in text
+            and "Negative prompt: blue" in text
+        )
+        np.testing.assert_array_equal(_pixels(im), _pixels(ref.images[i]))
+
+
+def test_a1111_img2img_round_trip(server, demo_pipe):
+    init = demo_pipe("a green square", num_inference_steps=STEPS, seed=7).images[0]
+    buf = io.BytesIO()
+    init.save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    for prefix in ("data:image/png;base64,", ""):
+        body = {
+            "prompt": "a blue square",
+            "init_images": [prefix + b64],
+            "denoising_strength": 0.5,
+            "steps": STEPS * 2,
+            "sampler_name": "Euler a",
+            "seed": 99,  # guidance left out on both sides: the model's preset
+        }
+        r = httpx.post(f"{server.url}/sdapi/v1/img2img", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["parameters"]["init_images"] is None
+        assert json.loads(out["info"])["denoising_strength"] == 0.5
+        im = decode_png(out["images"][0])
+        assert "Denoising strength: 0.5" in im.text["parameters"]
+        ref = demo_pipe(
+            "a blue square",
+            image=init,
+            strength=0.5,
+            num_inference_steps=STEPS * 2,
+            sampler="Euler a",
+            seed=99,
+        )
+        np.testing.assert_array_equal(_pixels(im), _pixels(ref.images[0]))
+
+
+def test_openai_images_round_trip(server, demo_pipe):
+    size = demo_pipe.default_size
+    body = {"prompt": "a yellow triangle", "n": 2, "size": f"{size}x{size}", "model": "dall-e-3", "seed": 5}
+    r = httpx.post(f"{server.url}/v1/images/generations", json={**body, "steps": STEPS}, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert isinstance(out["created"], int) and len(out["data"]) == 2
+    ref = demo_pipe("a yellow triangle", num_inference_steps=STEPS, seed=[5, 6], num_images_per_prompt=2)
+    for i, item in enumerate(out["data"]):
+        assert item["revised_prompt"] == "a yellow triangle"
+        im = decode_png(item["b64_json"])
+        assert im.size == (size, size) and f"Seed: {5 + i}" in im.text["parameters"]
+        np.testing.assert_array_equal(_pixels(im), _pixels(ref.images[i]))
+
+    r = httpx.post(f"{server.url}/v1/images/generations", json={**body, "response_format": "url"}, timeout=30)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "response_format"]
+
+
+def _loc(r: httpx.Response) -> list:
+    assert r.status_code == 422, r.text
+    return r.json()["detail"][0]["loc"]
+
+
+def test_invalid_fields_get_422_naming_the_field(server):
+    url = f"{server.url}/sdapi/v1/txt2img"
+    assert _loc(httpx.post(url, json={"prompt": "x", "steps": "many"})) == ["body", "steps"]
+    assert _loc(httpx.post(url, json={"prompt": "x", "steps": 0})) == ["body", "steps"]
+    assert _loc(httpx.post(url, json={"prompt": "x", "width": 30})) == [
+        "body",
+        "width",
+    ]  # not a multiple of 4
+    assert _loc(httpx.post(url, json={"prompt": "x", "sampler_name": "Euler z"})) == ["body", "sampler_name"]
+    assert _loc(httpx.post(url, json={"prompt": "x", "batch_size": 65})) == ["body", "batch_size"]
+    img2img = f"{server.url}/sdapi/v1/img2img"
+    assert _loc(httpx.post(img2img, json={"prompt": "x", "init_images": ["not base64!"]})) == [
+        "body",
+        "init_images",
+        0,
+    ]
+    assert _loc(httpx.post(img2img, json={"prompt": "x", "init_images": []})) == ["body", "init_images"]
+    openai = f"{server.url}/v1/images/generations"
+    assert _loc(httpx.post(openai, json={"prompt": "x", "size": "big"})) == ["body", "size"]
+    assert _loc(httpx.post(openai, json={"prompt": "x", "size": "63x64"})) == ["body", "size"]
+    assert _loc(httpx.post(openai, json={"prompt": "x", "n": 11})) == ["body", "n"]
+    r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_a1111_listing_endpoints(server):
+    samplers = httpx.get(f"{server.url}/sdapi/v1/samplers").json()
+    names = [s["name"] for s in samplers]
+    assert {"Euler a", "DPM++ 2M Karras", "UniPC"} <= set(names)
+    models = httpx.get(f"{server.url}/sdapi/v1/sd-models").json()
+    assert [m["model_name"] for m in models] == ["demo"]
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["status"] == "ok" and health["auth"] is False
+    page = httpx.get(f"{server.url}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+
+
+def test_metrics_are_prometheus_histograms_and_counters(server):
+    httpx.post(f"{server.url}/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2}, timeout=60)
+    r = httpx.get(f"{server.url}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    lines = r.text.splitlines()
+    types = dict(line.split()[2:4] for line in lines if line.startswith("# TYPE"))
+    assert types == {
+        "sdlite_queue_depth": "gauge",
+        "sdlite_batch_size_images": "histogram",
+        "sdlite_request_latency_seconds": "histogram",
+        "sdlite_images_generated_total": "counter",
+        "sdlite_requests_rejected_total": "counter",
+        "sdlite_requests_cancelled_total": "counter",
+        "sdlite_requests_failed_total": "counter",
+    }
+    for name in ("sdlite_batch_size_images", "sdlite_request_latency_seconds"):
+        buckets = [
+            (ln.split('le="')[1].split('"')[0], float(ln.split()[-1]))
+            for ln in lines
+            if ln.startswith(name + "_bucket")
+        ]
+        counts = [c for _, c in buckets]
+        assert buckets[-1][0] == "+Inf" and counts == sorted(counts) and counts[-1] >= 1
+        assert counts[-1] == metric(r.text, f"{name}_count") and metric(r.text, f"{name}_sum") > 0
+    assert metric(r.text, "sdlite_images_generated_total") >= 1
+
+
+def test_left_out_settings_come_from_the_models_preset(server, demo_pipe):
+    preset = demo_pipe.preset
+    r = httpx.post(f"{server.url}/sdapi/v1/txt2img", json={"prompt": "a dot", "seed": 3}, timeout=60)
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert (info["steps"], info["cfg_scale"], info["sampler_name"]) == (
+        preset.steps,
+        preset.guidance,
+        preset.sampler,
+    )
+    assert httpx.get(f"{server.url}/health").json()["defaults"]["steps"] == preset.steps
+    ref = demo_pipe("a dot", seed=3)  # the pipeline's own defaults: the same preset
+    im = decode_png(r.json()["images"][0])
+    assert im.text["parameters"] == ref.parameters[0]
+    np.testing.assert_array_equal(_pixels(im), _pixels(ref.images[0]))
