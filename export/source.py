@@ -27,10 +27,20 @@ ARCHITECTURES: dict[str, tuple[str, ...]] = {
         "vae_encoder",
         "vae_decoder",
     ),
+    # SDXL inpainting: 9 input channels (latents, mask, masked-image latents).
+    "StableDiffusionXLInpaintPipeline": (
+        "text_encoder",
+        "text_encoder_2",
+        "unet",
+        "vae_encoder",
+        "vae_decoder",
+    ),
 }
 # Architectures whose diffusers pipelines honour the VAE's ``force_upcast`` (decode in fp32 even
 # for an fp16 model, because SDXL's VAE overflows fp16); the exporter keeps the VAE fp32 for them.
-VAE_UPCAST_ARCHITECTURES = frozenset({"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"})
+VAE_UPCAST_ARCHITECTURES = frozenset(
+    {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"}
+)
 
 # torch.load on these runs arbitrary code embedded in the file (pickle's __reduce__).
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")

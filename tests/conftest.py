@@ -90,6 +90,30 @@ def _sdxl_export(tiny_cache: Path, kind: str) -> Path:
     return tiny_models.cached_build(tiny_cache, f"sdxl-{kind}-sdlite", build)
 
 
+def _sdxl_plain_export(tiny_cache: Path, kind: str) -> Path:
+    """``sdlite export --dtype fp32 --target cpu --no-optimize``: the fused graphs are covered by
+    the base and refiner exports; this one's fusion pass would add a minute."""
+
+    def build(out: Path) -> None:
+        from sdlite.export import export_model
+
+        export_model(
+            _sdxl_diffusers(tiny_cache, kind), out, dtype="fp32", target="cpu", optimize=False, progress=False
+        )
+
+    return tiny_models.cached_build(tiny_cache, f"sdxl-{kind}-sdlite-plain", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_inpaint_diffusers(tiny_cache: Path) -> Path:
+    return _sdxl_diffusers(tiny_cache, "inpaint")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_inpaint_onnx(tiny_cache: Path) -> Path:
+    return _sdxl_plain_export(tiny_cache, "inpaint")
+
+
 @pytest.fixture(scope="session")
 def tiny_sdxl_diffusers(tiny_cache: Path) -> Path:
     return _sdxl_diffusers(tiny_cache, "base")

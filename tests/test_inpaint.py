@@ -274,20 +274,31 @@ def test_cli_generate_with_mask(tmp_path, tiny_inpaint_onnx, capsys):
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()
 
 
-@pytest.mark.parametrize("sampler,strength,guidance", [("euler", 1.0, 5.0), ("euler_a", 0.75, 1.0)])
-def test_sdxl_four_channel_parity(request, monkeypatch, sampler, strength, guidance):
-    """An ordinary SDXL model inpaints as StableDiffusionXLInpaintPipeline does (same draws)."""
-    ours = Pipeline.from_pretrained(request.getfixturevalue("tiny_sdxl_onnx"), provider="cpu", num_threads=1)
+SDXL_CASES = [("4ch", "euler", 1.0, 5.0), ("4ch", "euler_a", 0.75, 1.0), ("9ch", "euler", 1.0, 5.0)]
+SDXL_CASES += [("9ch", "euler_a", 0.75, 1.0)]
+
+
+@pytest.mark.parametrize("kind,sampler,strength,guidance", SDXL_CASES)
+def test_sdxl_parity(request, monkeypatch, kind, sampler, strength, guidance):
+    """An ordinary SDXL model ("4ch") and a 9-channel SDXL inpainting model exported by
+    ``sdlite export`` inpaint as StableDiffusionXLInpaintPipeline does (same draws)."""
+    name = "tiny_sdxl" if kind == "4ch" else "tiny_sdxl_inpaint"
+    ours = Pipeline.from_pretrained(request.getfixturevalue(f"{name}_onnx"), provider="cpu", num_threads=1)
+    assert ours.unet_channels == (4 if kind == "4ch" else 9)
     ref = diffusers.StableDiffusionXLInpaintPipeline.from_pretrained(
-        request.getfixturevalue("tiny_sdxl_diffusers"), torch_dtype=torch.float32
+        request.getfixturevalue(f"{name}_diffusers"), torch_dtype=torch.float32
     )
     image, mask, seeds = Image.fromarray(picture(6)), soft_mask(seed=2), [3]
     kw = dict(num_inference_steps=STEPS, guidance_scale=guidance, strength=strength)
     got = ours("a cat", sampler=sampler, seed=seeds, image=image, mask_image=mask, output_type="np", **kw)
     f = ours.vae_scale_factor
     n_steps = min(int(STEPS * strength), STEPS) if sampler == "euler_a" else 0
-    draws = per_image_draws(seeds, (4, SIZE // f, SIZE // f), 2 + n_steps)  # posterior, noise, steps
-    draws.insert(2, np.zeros_like(draws[0]))  # the masked image diffusers encodes and ignores
+    shape1 = (4, SIZE // f, SIZE // f)
+    if kind == "4ch":  # posterior, noise, steps; the masked image diffusers encodes and ignores
+        draws = per_image_draws(seeds, shape1, 2 + n_steps)
+        draws.insert(2, np.zeros_like(draws[0]))
+    else:  # [image posterior], noise, masked-image posterior, steps
+        draws = per_image_draws(seeds, shape1, int(strength < 1) + 2 + n_steps)
     feed = FeedRandn(draws)
     for mod in (
         *RANDN_MODULES,

@@ -255,20 +255,22 @@ def _sdxl_text_encoder(cls, dims: dict, seed: int):
 
 
 def build_tiny_sdxl(path: str | os.PathLike, kind: str = "base", seed: int = 0) -> Path:
-    """Save a tiny random-weight SDXL base (``StableDiffusionXLPipeline``) or refiner
-    (``StableDiffusionXLImg2ImgPipeline``, ``requires_aesthetics_score``) at ``path``."""
+    """Save a tiny random-weight SDXL base (``StableDiffusionXLPipeline``), refiner
+    (``StableDiffusionXLImg2ImgPipeline``, ``requires_aesthetics_score``) or 9-channel inpainting
+    model (``StableDiffusionXLInpaintPipeline``, kind "inpaint") at ``path``."""
     import torch
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLInpaintPipeline,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    if kind not in ("base", "refiner"):
-        raise ValueError(f"kind must be 'base' or 'refiner', got {kind!r}")
+    if kind not in ("base", "refiner", "inpaint"):
+        raise ValueError(f"kind must be 'base', 'refiner' or 'inpaint', got {kind!r}")
     refiner = kind == "refiner"
     n_time_ids = 5 if refiner else 6
     context = SDXL_TE2["hidden_size"] + (0 if refiner else SDXL_TE1["hidden_size"])
@@ -278,7 +280,7 @@ def build_tiny_sdxl(path: str | os.PathLike, kind: str = "base", seed: int = 0) 
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=16,
-        in_channels=4,
+        in_channels=9 if kind == "inpaint" else 4,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -323,7 +325,8 @@ def build_tiny_sdxl(path: str | os.PathLike, kind: str = "base", seed: int = 0) 
             )
         else:
             text_encoder = _sdxl_text_encoder(CLIPTextModel, SDXL_TE1, seed + 2)
-            pipe = StableDiffusionXLPipeline(
+            cls = StableDiffusionXLInpaintPipeline if kind == "inpaint" else StableDiffusionXLPipeline
+            pipe = cls(
                 vae=vae,
                 text_encoder=text_encoder,
                 text_encoder_2=text_encoder_2,
