@@ -154,3 +154,22 @@ def test_studies_render_their_own_markdown_or_a_table():
     assert own == ["### samplers_speed", "", "| a |\n|---|\n| 1 |", ""]
     generic = "\n".join(report._study_section("s", {"n": 3, "samplers": {"euler": {"ms": 1.5}}}))
     assert "- n: 3" in generic and "| euler | 1.5 |" in generic
+
+
+def test_rounds_merge_every_run_once():
+    def part(cold, rss, runs, stage):
+        return {
+            "cold_start_s": cold,
+            "import_s": 0.1,
+            "load_s": 0.2,
+            "first_image_s": cold - 0.3,
+            "peak_rss_mb": rss,
+            "peak_rss_all_mb": rss + 1,
+            "runs": {"1": {"e2e_s": 0.0, "e2e_runs_s": runs, "stages_s": {"unet": stage}}},
+        }
+
+    merged = suite._merge_rounds([part(1.0, 100, [1.0, 2.0, 3.0], 0.5), part(3.0, 120, [10.0], 0.9)])
+    run = merged["runs"]["1"]
+    assert run["e2e_runs_s"] == [1.0, 2.0, 3.0, 10.0] and run["e2e_s"] == 2.5
+    assert run["stages_s"] == {"unet": 0.5}  # weighted by runs: 0.5 x3, 0.9 x1
+    assert merged["cold_start_s"] == 2.0 and merged["peak_rss_mb"] == 120 and merged["peak_rss_all_mb"] == 121
