@@ -202,10 +202,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer N and samples (smoke test)")
     args = parser.parse_args(argv)
     result = run(quick=args.quick)
+    write(result)
+    print(markdown(result))
+
+
+def write(result: dict) -> None:
+    """benchmarks/results/sampler_accuracy.{png,json,md} (also called by the suite)."""
     plot(result, RESULTS / "sampler_accuracy.png")
     _write_atomic(RESULTS / "sampler_accuracy.json", (json.dumps(result, indent=2) + "\n").encode())
     _write_atomic(RESULTS / "sampler_accuracy.md", markdown(result).encode())
-    print(markdown(result))
 
 
 if __name__ == "__main__":

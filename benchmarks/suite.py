@@ -234,6 +234,9 @@ def run_studies(quick: bool, names: tuple[str, ...] = STUDIES, log=print) -> tup
         try:
             module = importlib.import_module(f"benchmarks.{name}")
             studies[name] = module.run(quick)
+            # A full study also refreshes its own results files, which README quotes.
+            if not quick and callable(getattr(module, "write", None)):
+                module.write(studies[name])
             # A study that renders itself (a `markdown(result)` function) is shown its own way.
             if isinstance(studies[name], dict) and "markdown" not in studies[name]:
                 if callable(getattr(module, "markdown", None)):

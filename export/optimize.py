@@ -8,6 +8,7 @@ feed the dtype the session declares).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import Counter
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from . import ort_shim
+from . import cpu_attention, ort_shim
 from .targets import fusion_options
 
 # The exported component folders and the ORT optimizer model type for each.
@@ -121,15 +122,18 @@ def optimize_component(
         ort_shim.apply()
         # The optimizer logs every fusion at INFO and warns on benign misses; our summary is in sdlite.json.
         logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-        optimized = optimize_model(
-            str(source),
-            model_type=model_type,
-            num_heads=0,  # deduced from the graph
-            hidden_size=0,
-            opt_level=0,  # fusions only: ORT's own graph optimizations run at session creation
-            optimization_options=fusion_options(target, model_type, float16),
-            use_gpu=target != "cpu",
-        )
+        # CPU: self-attention as unpacked MultiHeadAttention (tiled kernel); see cpu_attention.
+        unpacked = cpu_attention.self_attention_as_mha() if target == "cpu" else contextlib.nullcontext()
+        with unpacked:
+            optimized = optimize_model(
+                str(source),
+                model_type=model_type,
+                num_heads=0,  # deduced from the graph
+                hidden_size=0,
+                opt_level=0,  # fusions only: ORT's own graph optimizations run at session creation
+                optimization_options=fusion_options(target, model_type, float16),
+                use_gpu=target != "cpu",
+            )
     else:
         from onnxruntime.transformers.onnx_model import OnnxModel
 

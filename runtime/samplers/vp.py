@@ -121,39 +121,76 @@ def sample_plms(
     v_pred = prediction_type == "v_prediction"
     as_sample = prediction_type == "sample"  # not in diffusers: its epsilon, (x - s0 x0) / s1
     n_rk = 12 if prk_half else 0
+    n_calls = len(sigmas) - 1
+
+    def coefficients(s_from: float, s_to: float) -> tuple[float, float]:
+        """(base, output) coefficients on the VP sample: x_next = base_k * base + out_k * sum.
+
+        In VE terms x_next = base + (s_to - s_from) * eps, with eps = sum(coefs * outs) for
+        epsilon models and eps = (sum(coefs * v) + s_from * base) / sqrt(1 + s_from^2) for v
+        models, base being the VP sample's VE view at s_from.  On the VP sample: the VE view at
+        s_from is base * sqrt(1 + s_from^2), the result is read back by 1 / sqrt(1 + s_to^2)."""
+        dt, c_from, k = s_to - s_from, math.sqrt(1 + s_from**2), 1.0 / math.sqrt(1 + s_to**2)
+        scale = dt / c_from if v_pred else dt
+        base_coef = 1 + (dt * s_from / (1 + s_from**2) if v_pred else 0.0)
+        return base_coef * c_from * k, scale * k
+
+    # The last four outputs live as rows of one array, the Adams-Bashforth sum being one
+    # matrix-vector product instead of four scaled passes and four adds.  Which row each call
+    # writes, and the weights per row, depend on the call index only: computed once here, the
+    # per-call Python work stays small next to the array passes (a step is ~50 us at 512 px).
+    adams_rows: dict[int, tuple[int, np.ndarray, float]] = {}
+    slots: list[int] = list(range(3)) if n_rk else []  # the warm-up seeds three rows
+    for c in range(n_calls):
+        if c < n_rk or (c == 1 and not n_rk):
+            continue
+        row = slots.pop(0) if len(slots) == 4 else len(slots)
+        slots.append(row)
+        base_k, out_k = coefficients(float(sigmas[c]), sigma_of(int(timesteps[c]) - stride))
+        weights = np.zeros(4)
+        for coef, r in zip(_ADAMS_BASHFORTH[len(slots)], reversed(slots), strict=True):
+            weights[r] = coef * out_k
+        adams_rows[c] = (row, weights, base_k)
+    first_row = adams_rows[0][0] if 0 in adams_rows else 0  # where PLMS call 1 finds call 0's output
+
     x, m = yield None
-    outs: list[np.ndarray] = []  # the Runge-Kutta warm-up's outputs
-    # The last four outputs as rows of one array, oldest first in ``slots``: the Adams-Bashforth
-    # sum is then one matrix-vector product instead of four scaled passes and four adds.
     ring: np.ndarray | None = None
-    slots: list[int] = []
+    flat: np.ndarray | None = None
+    rk_outs: list[np.ndarray] = []  # the Runge-Kutta warm-up's outputs
     first_x = x
     rk_sum: list[tuple[float, np.ndarray]] = []
-    for c in range(len(sigmas) - 1):
-        t, sigma = int(timesteps[c]), sigmas[c]
-        adams = c >= n_rk and not (c == 1 and not n_rk)
-        if adams:
+    for c in range(n_calls):
+        adams = adams_rows.get(c)
+        if adams is not None:
             if ring is None:
                 ring = np.zeros((4, *x.shape), dtype=x.dtype)
-                for j, o in enumerate(outs):
+                flat = ring.reshape(4, -1)
+                for j, o in enumerate(rk_outs):
                     ring[j] = o
-                slots = list(range(len(outs)))
-            row = slots.pop(0) if len(slots) == 4 else len(slots)
-            slots.append(row)
-            out = ring[row]
+            out = ring[adams[0]]
         else:
             out = np.empty_like(x)
         # kept across calls, so never the caller's array
         if as_sample:
+            sigma = sigmas[c]
             np.multiply(x, _f(x, math.sqrt(1 + sigma**2) / sigma), out=out)
             out -= m * _f(x, 1 / sigma)
         else:
             np.copyto(out, m)
+        if adams is not None:
+            assert flat is not None
+            if c == 0:
+                first_x = x
+            x_next = np.dot(adams[1].astype(x.dtype, copy=False), flat).reshape(x.shape)
+            x_next += x * _f(x, adams[2])
+            x, m = yield x_next
+            continue
+        t = int(timesteps[c])
         if c < n_rk:  # Runge-Kutta warm-up: every stage restarts from the step's first sample
             stage = c % 4
             start = int(timesteps[c - stage])
             if stage == 0:
-                outs.append(out)
+                rk_outs.append(out)
                 first_x = x
                 rk_sum = [(1 / 6, out)]
                 terms, coefs = [out], [1.0]
@@ -163,35 +200,14 @@ def sample_plms(
             else:
                 coefs, terms = [w for w, _ in rk_sum] + [1 / 6], [o for _, o in rk_sum] + [out]
             s_from, s_to = sigma_of(start), sigma_of(t - (0 if c % 2 else prk_half))
-            base = first_x
-        elif not adams:  # PLMS call 1: redo call 0's step with the mean of both outputs
+        else:  # PLMS call 1: redo call 0's step with the mean of both outputs
             assert ring is not None
             s_from, s_to = sigma_of(t + stride), sigma_of(t)
-            base = first_x
-            terms, coefs = [out, ring[slots[-1]]], [0.5, 0.5]
-        else:
-            if c == 0:
-                first_x = x
-            s_from, s_to = sigma, sigma_of(t - stride)
-            base = x
-        # In VE terms x_next = base + (s_to - s_from) * eps, with eps = sum(coefs * outs) for
-        # epsilon models and eps = (sum(coefs * v) + s_from * base) / sqrt(1 + s_from^2) for v
-        # models, base being the VP sample's VE view at s_from.  On the VP sample: the VE view
-        # at s_from is base * sqrt(1 + s_from^2), the result is read back by 1 / sqrt(1 + s_to^2).
-        dt, c_from, k = s_to - s_from, math.sqrt(1 + s_from**2), 1.0 / math.sqrt(1 + s_to**2)
-        scale = dt / c_from if v_pred else dt
-        base_coef = 1 + (dt * s_from / (1 + s_from**2) if v_pred else 0.0)
-        if adams:
-            assert ring is not None
-            w = np.zeros(4, dtype=x.dtype)
-            for coef, r in zip(_ADAMS_BASHFORTH[len(slots)], reversed(slots), strict=True):
-                w[r] = coef * scale * k
-            x_next = np.dot(w, ring.reshape(4, -1)).reshape(x.shape)
-            x_next += base * _f(x, base_coef * c_from * k)
-        else:
-            x_next = base * _f(x, base_coef * c_from * k)
-            for coef, term in zip(coefs, terms, strict=True):
-                x_next += term * _f(x, coef * scale * k)
+            terms, coefs = [out, ring[first_row]], [0.5, 0.5]
+        base_k, out_k = coefficients(s_from, s_to)
+        x_next = first_x * _f(x, base_k)
+        for coef, term in zip(coefs, terms, strict=True):
+            x_next += term * _f(x, coef * out_k)
         x, m = yield x_next
 
 
@@ -223,21 +239,38 @@ def _plms_plan(base: BaseSchedule, options: dict) -> Plan:
 
 
 def sample_lcm(
-    sigmas: np.ndarray, noise_sampler: NoiseSampler, timesteps: np.ndarray, timestep_scaling: float = 10.0
+    sigmas: np.ndarray,
+    noise_sampler: NoiseSampler,
+    timesteps: np.ndarray,
+    timestep_scaling: float = 10.0,
+    prediction_type: str = "epsilon",
+    clip: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> SamplerGen:
-    """Latent consistency sampling (LCMScheduler): denoise with the boundary-condition scalings,
-    then re-noise to the next timestep with fresh noise (none after the last call)."""
-    x, denoised = yield None
+    """Latent consistency sampling (LCMScheduler) on the VP sample (``receives_model_output``):
+    denoised = c_skip x + c_out x0 with the boundary-condition scalings, then re-noised to the
+    next call's level, sqrt(abar') denoised + sqrt(1 - abar') noise (no noise after the last)."""
+    x, m = yield None
     for i in range(len(sigmas) - 1):
         sigma = sigmas[i]
         scaled_t = float(timesteps[i]) * timestep_scaling
         c_skip = 0.25 / (scaled_t**2 + 0.25)  # sigma_data = 0.5
         c_out = scaled_t / (scaled_t**2 + 0.25) ** 0.5
-        # c_skip multiplies diffusers' VP sample, x / sqrt(1 + sigma^2) in VE terms.
-        x = denoised * _f(x, c_out) + x * _f(x, c_skip / math.sqrt(1 + sigma**2))
-        if i < len(sigmas) - 2:
-            x = x + noise_sampler(sigma, sigmas[i + 1]) * _f(x, sigmas[i + 1])
-        x, denoised = yield x
+        ax, am, _, _ = _vp_coefficients(prediction_type, sigma)
+        last = i == len(sigmas) - 2
+        # Re-noising scales denoised by k = sqrt(abar'); folded into the coefficients.
+        k = 1.0 if last else 1.0 / math.sqrt(1.0 + sigmas[i + 1] ** 2)
+        if clip is None:  # affine in (x, m): two scaled passes and an add
+            x_next = x * _f(x, k * (c_out * ax + c_skip))
+            x_next += m * _f(x, k * c_out * am)
+        else:
+            x0 = x * _f(x, ax)
+            x0 += m * _f(x, am)
+            x_next = clip(x0)
+            x_next *= _f(x, k * c_out)
+            x_next += x * _f(x, k * c_skip)
+        if not last:
+            x_next += noise_sampler(sigma, sigmas[i + 1]) * _f(x, k * sigmas[i + 1])
+        x, m = yield x_next
 
 
 def _lcm_plan(base: BaseSchedule, options: dict) -> Plan:
@@ -277,6 +310,8 @@ for _spec in (
         plan=_lcm_plan,
         family="lcm",
         stochastic=True,
+        clips_itself=True,
+        receives_model_output=True,
     ),
 ):
     register(_spec)

@@ -124,6 +124,9 @@ def _cases() -> list[Any]:
     add("lcm", "sd15", 8, set_alpha_to_one=True)
 
     add("pndm", "sd15", 9, set_alpha_to_one=True)
+    for steps in (4, 25):  # PNDM proper: three Runge-Kutta steps, then 4-step Adams-Bashforth
+        add("pndm", "sd15", steps, skip_prk_steps=False)
+        add("pndm", "sd21v", steps, skip_prk_steps=False)
 
     betas = np.linspace(0.0002, 0.015, 1000).tolist()
     for name in ("ddim", "euler", "dpmpp_2m"):
