@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 0.9  # fused <= 0.9x unfused at 512 px
 BATCH = 2  # classifier-free guidance: unconditional + conditional
 THREADS = 2
-ROUNDS = 3  # alternating timed calls per ONNX graph and size
+ROUNDS = 5  # alternating timed calls per ONNX graph and size
 TINY_CONFIG: dict[str, Any] = {
     "block_out_channels": [32, 64],
     "layers_per_block": 2,

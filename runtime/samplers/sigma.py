@@ -72,16 +72,17 @@ def sample_euler_ancestral(sigmas: np.ndarray, noise_sampler: NoiseSampler, eta:
 
 
 def sample_heun(sigmas: np.ndarray, noise_sampler: NoiseSampler) -> SamplerGen:
+    # Step sizes as Python floats up front: numpy-scalar arithmetic per call is a tenth of a step.
+    steps = [(float(b) == 0.0, float(b) - float(a)) for a, b in zip(sigmas[:-1], sigmas[1:], strict=True)]
     x, d = yield None
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        if sigma_next == 0:  # the last step is Euler: no model call at sigma = 0
-            x, d = yield _euler_to(x, d, sigma_next - sigma)
+    for to_zero, dt in steps:
+        if to_zero:  # the last step is Euler: no model call at sigma = 0
+            x, d = yield _euler_to(x, d, dt)
             continue
-        x_start, d_start = x, d.copy()  # kept across a call: not the caller's array
-        x, d_2 = yield _euler_to(x, d, sigma_next - sigma)
-        mean = d_start + d_2
-        mean *= _f(x, 0.5 * (sigma_next - sigma))
+        x_start, mean = x, d.copy()  # kept across a call: not the caller's array
+        x, d_2 = yield _euler_to(x, d, dt)
+        mean += d_2
+        mean *= _f(x, 0.5 * dt)
         mean += x_start
         x, d = yield mean
 
