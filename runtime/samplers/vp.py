@@ -167,6 +167,9 @@ def sample_plms(
                 flat = ring.reshape(4, -1)
                 for j, o in enumerate(rk_outs):
                     ring[j] = o
+                # The weights in the sample's dtype, once: np.dot would otherwise upcast.
+                adams_rows = {k: (r, w.astype(x.dtype), b) for k, (r, w, b) in adams_rows.items()}
+                adams = adams_rows[c]
             out = ring[adams[0]]
         else:
             out = np.empty_like(x)
@@ -181,7 +184,7 @@ def sample_plms(
             assert flat is not None
             if c == 0:
                 first_x = x
-            x_next = np.dot(adams[1].astype(x.dtype, copy=False), flat).reshape(x.shape)
+            x_next = np.dot(adams[1], flat).reshape(x.shape)
             x_next += x * _f(x, adams[2])
             x, m = yield x_next
             continue
