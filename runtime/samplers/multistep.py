@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import BaseSchedule, NoiseSampler, Plan, SamplerGen, SamplerSpec
+from .base import BaseSchedule, NoiseSampler, Plan, SamplerGen, SamplerSpec, Scratch
 from .registry import register
 
 ORDERS = (1, 2, 3)
@@ -48,16 +48,20 @@ def _lambdas(sigmas: np.ndarray) -> list[float]:
         return [float(v) for v in -np.log(np.asarray(sigmas, dtype=np.float64))]
 
 
-def _lincomb(terms: Iterable[tuple[float, np.ndarray]]) -> np.ndarray:
+def _lincomb(terms: Iterable[tuple[float, np.ndarray]], tmp: Scratch) -> np.ndarray:
     """sum(c * a) in the arrays' dtype; zero coefficients are skipped (never 0 * inf) and unit
-    ones cost no multiply (each full-array pass counts: a step is a handful of them)."""
+    ones cost no multiply (each full-array pass counts: a step is a handful of them).  ``tmp``:
+    the calling sampler's reused temporary."""
     live = [(c, arr) for c, arr in terms if c != 0.0]
     # start from a scaled term: its product is the fresh output array, no separate copy
     first = next((k for k, (c, _) in enumerate(live) if c != 1.0), 0)
     c, arr = live.pop(first)
     out = arr * c if c != 1.0 else arr.copy()
     for c, arr in live:
-        out += arr if c == 1.0 else arr * c
+        if c == 1.0:
+            out += arr
+        else:
+            tmp.add_scaled(out, arr, c)
     return out
 
 
@@ -235,11 +239,12 @@ def sample_dpm_solver_multistep(
 
     data = algorithm_type.endswith("++")
     outputs: deque[np.ndarray] = deque(maxlen=3)
+    tmp = Scratch()
     x, denoised = yield
     for i, (a, weights, noise_coef) in enumerate(steps):
         outputs.appendleft(denoised if data else _eps(x, denoised, sigmas[i]))
         terms = [(a, x), *zip(weights, outputs, strict=False), *_noise(noise_coef, noise_sampler, sigmas, i)]
-        x, denoised = yield _lincomb(terms)
+        x, denoised = yield _lincomb(terms, tmp)
 
 
 def singlestep_orders(steps: int, solver_order: int, lower_order_final: bool, final_zero: bool) -> list[int]:
@@ -314,6 +319,7 @@ def sample_dpm_solver_singlestep(
 
     data = algorithm_type.endswith("++")
     outputs: deque[np.ndarray] = deque(maxlen=3)
+    tmp = Scratch()
     x, denoised = yield
     base = x
     for i, (order, (a, weights, noise_coef)) in enumerate(zip(orders, steps, strict=False)):
@@ -325,7 +331,7 @@ def sample_dpm_solver_singlestep(
             *zip(weights, outputs, strict=False),
             *_noise(noise_coef, noise_sampler, sigmas, i),
         ]
-        x, denoised = yield _lincomb(terms)
+        x, denoised = yield _lincomb(terms, tmp)
 
 
 # ---------------------------------------------------------------------------------------- DEIS
@@ -378,10 +384,11 @@ def sample_deis(
     ]
 
     outputs: deque[np.ndarray] = deque(maxlen=3)
+    tmp = Scratch()
     x, denoised = yield
     for i, (a, weights, _) in enumerate(steps):
         outputs.appendleft(_eps(x, denoised, sigmas[i]))
-        x, denoised = yield _lincomb([(a, x), *zip(weights, outputs, strict=False)])
+        x, denoised = yield _lincomb([(a, x), *zip(weights, outputs, strict=False)], tmp)
 
 
 # ------------------------------------------------------------------------------------ registry

@@ -187,6 +187,10 @@ class Scheduler:
         self._to_ve_list, self._model_in_list = self._to_ve.tolist(), self._model_in.tolist()
         self._begin_index = None
         self._reset()
+        # The sampler's own per-run tables (step coefficients) are computed here, with the
+        # schedule, rather than inside the first step(): a run that starts elsewhere (img2img,
+        # set_begin_index) starts its generator afresh.
+        self._gen = self._start(0)
 
     def _reset(self) -> None:
         self._index: int | None = None  # the call that the next ``step`` belongs to
@@ -249,6 +253,8 @@ class Scheduler:
     def _init_index(self, t: Any) -> None:
         if self._index is None:
             self._index = self._begin_index if self._begin_index is not None else self._find(t)
+            if self._index != 0:
+                self._gen = None  # started at call 0 by set_timesteps
 
     def _check_t(self, t: Any) -> None:
         k = self._index
@@ -327,15 +333,13 @@ class Scheduler:
     ) -> np.ndarray:
         """Advance one model call; returns the next sample in the caller's dtype."""
         # Written flat: at 30k elements per latent the Python overhead is half of a step.
-        if self._plan is None:
-            self._require_plan()
         k = self._index
         if k is None:
+            self._require_plan()
             self._init_index(timestep)
             k = self._index
-        if k >= len(self._timesteps_list) or not _same_t(
-            timestep if type(timestep) is float else _as_float(timestep), self._timesteps_list[k]
-        ):
+        ts = self._timesteps_list
+        if k >= len(ts) or not _same_t(timestep if type(timestep) is float else _as_float(timestep), ts[k]):
             self._check_t(timestep)  # raises the precise error
         if type(sample) is not np.ndarray:
             sample = np.asarray(sample)

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .base import BaseSchedule, NoiseSampler, Plan, SamplerGen, SamplerSpec, get_ancestral_step
+from .base import BaseSchedule, NoiseSampler, Plan, SamplerGen, SamplerSpec, Scratch, get_ancestral_step
 from .registry import register
 from .schedule import log_train_sigmas, sigma_to_t
 
@@ -61,13 +61,14 @@ def _euler_plan(base: BaseSchedule, options: dict) -> Plan:
 
 
 def sample_euler_ancestral(sigmas: np.ndarray, noise_sampler: NoiseSampler, eta: float = 1.0) -> SamplerGen:
+    tmp = Scratch()
     x, d = yield None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         sigma_down, sigma_up = get_ancestral_step(sigma, sigma_next, eta)
         x = _euler_to(x, d, sigma_down - sigma)
         if sigma_up > 0:
-            x += noise_sampler(sigma, sigma_next) * _f(x, sigma_up)
+            tmp.add_scaled(x, noise_sampler(sigma, sigma_next), sigma_up)
         x, d = yield x
 
 
@@ -140,6 +141,7 @@ def sample_dpm_2(sigmas: np.ndarray, noise_sampler: NoiseSampler) -> SamplerGen:
 
 def sample_dpm_2_ancestral(sigmas: np.ndarray, noise_sampler: NoiseSampler, eta: float = 1.0) -> SamplerGen:
     steps = _dpm2_steps(sigmas, eta)
+    tmp = Scratch()
     x, d = yield None
     for sigma, sigma_next, sigma_down, sigma_up, sigma_mid in steps:
         if sigma_down == 0:  # last step: Euler, no model call at sigma = 0
@@ -149,7 +151,7 @@ def sample_dpm_2_ancestral(sigmas: np.ndarray, noise_sampler: NoiseSampler, eta:
         x, d_2 = yield _euler_to(x, d, sigma_mid - sigma)
         x = _euler_to(x_start, d_2, sigma_down - sigma)
         if sigma_up > 0:
-            x += noise_sampler(sigma, sigma_next) * _f(x, sigma_up)
+            tmp.add_scaled(x, noise_sampler(sigma, sigma_next), sigma_up)
         x, d = yield x
 
 
@@ -216,6 +218,7 @@ def sample_lms(
     diffusers' start mid-schedule (img2img): it takes the order from the absolute step index,
     so its first step integrates a higher-order Lagrange basis over the earlier sigmas and keeps
     only the newest derivative's weight."""
+    tmp = Scratch()
     x, d = yield None
     ds: list[np.ndarray] = []
     for i in range(len(sigmas) - 1):
@@ -232,7 +235,7 @@ def sample_lms(
             if step is None:
                 step = d_j * _f(x, c)
             else:
-                step += d_j * _f(x, c)
+                tmp.add_scaled(step, d_j, c)
         step += x
         x, d = yield step
 

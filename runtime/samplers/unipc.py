@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .base import NoiseSampler, SamplerGen
+from .base import NoiseSampler, SamplerGen, Scratch
 from .multistep import ORDERS, Step, _choice, _eps, _lambdas, _lincomb, _offset, _spec, _special_step
 
 UNIPC_SOLVER_TYPES = ("bh1", "bh2")
@@ -144,6 +144,7 @@ def sample_unipc(
     n = len(predictors)
 
     outputs: deque[np.ndarray] = deque(maxlen=4)
+    tmp = Scratch()
     x, denoised = yield
     last = x
     for i in range(n):
@@ -153,10 +154,10 @@ def sample_unipc(
             outputs.appendleft(clip(denoised) if clip is not None else denoised)
         if correctors[i] is not None:
             a, weights, _ = correctors[i]
-            x = _lincomb([(a, last), *zip(weights, outputs, strict=False)])
+            x = _lincomb([(a, last), *zip(weights, outputs, strict=False)], tmp)
         last = x
         a, weights, _ = predictors[i]
-        x, denoised = yield _lincomb([(a, x), *zip(weights, outputs, strict=False)])
+        x, denoised = yield _lincomb([(a, x), *zip(weights, outputs, strict=False)], tmp)
 
 
 _spec(

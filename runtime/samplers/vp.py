@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .base import BaseSchedule, NoiseSampler, Plan, SamplerGen, SamplerSpec
+from .base import BaseSchedule, NoiseSampler, Plan, SamplerGen, SamplerSpec, Scratch
 from .registry import register
 
 
@@ -58,6 +58,7 @@ def sample_ddim(
     that of ``t - T // n`` (``sigmas_to``), prev = sqrt(abar') x0 + sqrt(1 - abar' - std^2) eps +
     std noise, where sqrt(abar') = k = 1 / sqrt(1 + sigma_to^2) and the eta-scaled std is
     exactly k times the ancestral sigma_up of sigma -> sigma_to."""
+    tmp = Scratch()
     x, m = yield None
     for i in range(len(sigmas) - 1):
         sigma, sigma_to = sigmas[i], sigmas_to[i]
@@ -68,7 +69,7 @@ def sample_ddim(
         if clip is None:
             # Unclipped, the step is affine in (x, m): two scaled passes and an add.
             x_next = x * _f(x, k * ax + k * sigma_down * ex)
-            x_next += m * _f(x, k * am + k * sigma_down * em)
+            tmp.add_scaled(x_next, m, k * am + k * sigma_down * em)
         else:
             # diffusers keeps the model's own epsilon even when it clips the data prediction.
             x0 = x * _f(x, ax)
@@ -84,7 +85,7 @@ def sample_ddim(
             eps += x0 * _f(x, k)
             x_next = eps
         if sigma_up > 0:
-            x_next += noise_sampler(sigma, sigma_to) * _f(x, k * sigma_up)
+            tmp.add_scaled(x_next, noise_sampler(sigma, sigma_to), k * sigma_up)
         x, m = yield x_next
 
 
@@ -153,6 +154,7 @@ def sample_plms(
         adams_rows[c] = (row, weights, base_k)
     first_row = adams_rows[0][0] if 0 in adams_rows else 0  # where PLMS call 1 finds call 0's output
 
+    tmp = Scratch()
     x, m = yield None
     ring: np.ndarray | None = None
     flat: np.ndarray | None = None
@@ -185,7 +187,7 @@ def sample_plms(
             if c == 0:
                 first_x = x
             x_next = np.dot(adams[1], flat).reshape(x.shape)
-            x_next += x * _f(x, adams[2])
+            tmp.add_scaled(x_next, x, adams[2])
             x, m = yield x_next
             continue
         t = int(timesteps[c])
@@ -210,7 +212,7 @@ def sample_plms(
         base_k, out_k = coefficients(s_from, s_to)
         x_next = first_x * _f(x, base_k)
         for coef, term in zip(coefs, terms, strict=True):
-            x_next += term * _f(x, coef * out_k)
+            tmp.add_scaled(x_next, term, coef * out_k)
         x, m = yield x_next
 
 
@@ -252,6 +254,7 @@ def sample_lcm(
     """Latent consistency sampling (LCMScheduler) on the VP sample (``receives_model_output``):
     denoised = c_skip x + c_out x0 with the boundary-condition scalings, then re-noised to the
     next call's level, sqrt(abar') denoised + sqrt(1 - abar') noise (no noise after the last)."""
+    tmp = Scratch()
     x, m = yield None
     for i in range(len(sigmas) - 1):
         sigma = sigmas[i]
@@ -264,7 +267,7 @@ def sample_lcm(
         k = 1.0 if last else 1.0 / math.sqrt(1.0 + sigmas[i + 1] ** 2)
         if clip is None:  # affine in (x, m): two scaled passes and an add
             x_next = x * _f(x, k * (c_out * ax + c_skip))
-            x_next += m * _f(x, k * c_out * am)
+            tmp.add_scaled(x_next, m, k * c_out * am)
         else:
             x0 = x * _f(x, ax)
             x0 += m * _f(x, am)
@@ -272,7 +275,7 @@ def sample_lcm(
             x_next *= _f(x, k * c_out)
             x_next += x * _f(x, k * c_skip)
         if not last:
-            x_next += noise_sampler(sigma, sigmas[i + 1]) * _f(x, k * sigmas[i + 1])
+            tmp.add_scaled(x_next, noise_sampler(sigma, sigmas[i + 1]), k * sigmas[i + 1])
         x, m = yield x_next
 
 
