@@ -270,7 +270,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and runs (smoke test, nothing written)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer steps and runs (smoke test, nothing written)"
+    )
     args = parser.parse_args(argv)
     result = run(quick=args.quick)
     print(markdown(result))
