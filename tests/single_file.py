@@ -1,10 +1,12 @@
-"""A diffusers SD-1 pipeline as a single-file checkpoint in the original (CompVis/LDM, A1111) layout.
+"""A diffusers SD-1 or SDXL pipeline as a single-file checkpoint in the original (CompVis/LDM,
+A1111, Stability's generative-models) layout.
 
-No real single-file checkpoint is available offline, so the tests make one from the tiny model.
+No real single-file checkpoint is available offline, so the tests make one from the tiny models.
 The key mapping is the inverse of diffusers' own loader (``diffusers/loaders/single_file_utils.py``:
-``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``, ``convert_ldm_clip_checkpoint``),
-derived from the model's config (block types and counts, ``layers_per_block``) so that it fits
-any SD-1-shaped model, the tiny one included.  Test-only code (needs torch).
+``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``, ``convert_ldm_clip_checkpoint``,
+``convert_open_clip_checkpoint``), derived from the model's config (block types and counts,
+``layers_per_block``) so that it fits any SD-1- or SDXL-shaped model, the tiny ones included.
+Test-only code (needs torch).
 """
 
 from __future__ import annotations
@@ -17,6 +19,15 @@ if TYPE_CHECKING:
     import torch
 
 UNET, VAE, CLIP = "model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer."
+# SDXL: text encoder 1 keeps the transformers layout under its own prefix, text encoder 2 is an
+# OpenCLIP model (fused in_proj attention weights, resblocks, a transposed text projection).
+SDXL_CLIP, SDXL_OPEN_CLIP = "conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."
+OPEN_CLIP_LAYER = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
 # Module names inside a block that the LDM layout spells differently (None: same names).
 UNET_RESNET = {
     "norm1": "in_layers.0",
@@ -41,6 +52,8 @@ def _unet_prefixes(config) -> Prefixes:
         ("conv_in", "input_blocks.0.0", None),
         ("conv_norm_out", "out.0", None),
         ("conv_out", "out.2", None),
+        ("add_embedding.linear_1", "label_emb.0.0", None),  # SDXL's text/time embedding
+        ("add_embedding.linear_2", "label_emb.0.2", None),
         ("mid_block.resnets.0", "middle_block.0", UNET_RESNET),
         ("mid_block.attentions.0", "middle_block.1", None),
         ("mid_block.resnets.1", "middle_block.2", UNET_RESNET),
@@ -108,8 +121,31 @@ def _rename(key: str, pairs: Prefixes) -> str:
     raise KeyError(f"no LDM name for {key!r}")
 
 
+def _open_clip_state_dict(encoder) -> dict[str, torch.Tensor]:
+    """A transformers ``CLIPTextModelWithProjection`` under OpenCLIP's names."""
+    import torch
+
+    sd = encoder.state_dict()
+    out = {
+        "positional_embedding": sd["text_model.embeddings.position_embedding.weight"],
+        "token_embedding.weight": sd["text_model.embeddings.token_embedding.weight"],
+        "ln_final.weight": sd["text_model.final_layer_norm.weight"],
+        "ln_final.bias": sd["text_model.final_layer_norm.bias"],
+        "text_projection": sd["text_projection.weight"].T,
+    }
+    for i in range(encoder.config.num_hidden_layers):
+        src, dst = f"text_model.encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            qkv = [sd[f"{src}self_attn.{p}_proj.{kind}"] for p in "qkv"]
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat(qkv)
+            out[f"{dst}attn.out_proj.{kind}"] = sd[f"{src}self_attn.out_proj.{kind}"]
+            for name, ldm in OPEN_CLIP_LAYER.items():
+                out[f"{dst}{ldm}.{kind}"] = sd[f"{src}{name}.{kind}"]
+    return out
+
+
 def to_ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
-    """The U-Net, VAE and CLIP text encoder of a diffusers SD-1 pipeline under LDM checkpoint keys."""
+    """The U-Net, VAE and text encoder(s) of a diffusers SD-1 or SDXL pipeline under LDM keys."""
     out = {}
     unet_pairs, vae_pairs = _unet_prefixes(pipe.unet.config), _vae_prefixes(pipe.vae.config)
     for key, value in pipe.unet.state_dict().items():
@@ -119,18 +155,24 @@ def to_ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
         if ".mid.attn_1." in new and new.endswith(".weight") and value.ndim == 2:
             value = value[:, :, None, None]  # LDM's attention projections are 1x1 convolutions
         out[VAE + new] = value
-    for key, value in pipe.text_encoder.state_dict().items():
-        out[CLIP + key] = value
+    if getattr(pipe, "text_encoder_2", None) is None:
+        for key, value in pipe.text_encoder.state_dict().items():
+            out[CLIP + key] = value
+    else:
+        for key, value in pipe.text_encoder.state_dict().items():
+            out[SDXL_CLIP + key] = value
+        for key, value in _open_clip_state_dict(pipe.text_encoder_2).items():
+            out[SDXL_OPEN_CLIP + key] = value
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
 def write_single_file(diffusers_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Save the SD-1 diffusers folder ``diffusers_dir`` as one LDM-layout ``.safetensors`` file."""
+    """Save the SD-1 or SDXL diffusers folder ``diffusers_dir`` as one LDM-layout ``.safetensors``."""
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
     from safetensors.torch import save_file
 
-    pipe = StableDiffusionPipeline.from_pretrained(
+    pipe = DiffusionPipeline.from_pretrained(
         diffusers_dir, torch_dtype=torch.float32, local_files_only=True, safety_checker=None
     )
     path = Path(path)
