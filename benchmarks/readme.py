@@ -26,6 +26,19 @@ def latest(results_dir: Path = REPO / "benchmarks" / "results") -> Path:
     return found[-1]
 
 
+def _without_studies(body: str) -> str:
+    """The suite's table without the studies it appends (one ``### name`` section each): each study
+    has its own README section, generated from its own results file, which a later standalone run
+    may have refreshed; a second, older copy next to it would contradict it."""
+    cut = re.search(r"^### ", body, flags=re.MULTILINE)
+    if cut is None:
+        return body
+    return body[: cut.start()] + (
+        "The studies this run also made are in their own sections of this README, each generated "
+        "from its own results file (this run's copies stay in the results file named above).\n"
+    )
+
+
 def render(md_path: Path, readme_path: Path, marker: str = "bench") -> str:
     """The table with its image links rewritten relative to the README's folder."""
     md_path, base = md_path.resolve(), readme_path.resolve().parent
@@ -38,6 +51,8 @@ def render(md_path: Path, readme_path: Path, marker: str = "bench") -> str:
             return m.group(0)
 
     body = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", relink, md_path.read_text(encoding="utf-8"))
+    if marker == "bench":
+        body = _without_studies(body)
     source = md_path.relative_to(base).as_posix() if md_path.is_relative_to(base) else md_path.name
     start, end = markers(marker)
     flag = "" if marker == "bench" else f" --marker {marker}"

@@ -130,6 +130,20 @@ def test_readme_markers_are_replaced_and_required(tmp_path):
     assert target.read_text() == "# no markers\n"
 
 
+def test_readme_suite_block_leaves_the_studies_to_their_own_sections(tmp_path):
+    md = tmp_path / "cpu.md"
+    md.write_text("| a | b |\n\n### samplers_speed\n\nold study table\n")
+    study = tmp_path / "sampler_speed.md"
+    study.write_text("### kept heading\n\nnew study table\n")
+    target = tmp_path / "README.md"
+    target.write_text("<!-- bench:start -->\n<!-- bench:end -->\n<!-- speed:start -->\n<!-- speed:end -->\n")
+    readme.update(md, target)
+    readme.update(study, target, marker="speed")
+    text = target.read_text()
+    assert "| a | b |" in text and "old study table" not in text and "own sections" in text
+    assert "### kept heading" in text and "new study table" in text  # other markers keep all
+
+
 def test_quick_install_figure_is_null_without_cache(tmp_path):
     figures, note = footprint.measure(suite.REPO, tmp_path, build=False)
     assert figures == {"sdlite": None, "diffusers": None} and "not measured" in note
