@@ -214,15 +214,24 @@ def run(quick: bool = False, workdir: Path | None = None) -> dict[str, Any]:
     """Export (child process) then per-call times; returns the result dict.
 
     `workdir`: keep the exported graphs there, and reuse them (skipping the export) when a
-    previous run left them, to retime on a quieter machine; default a temporary folder.
+    previous run left them, to retime on a quieter machine.  Default: a folder under
+    ``.cache/benchmarks`` keyed by the exporter's sources and versions (a temporary one with
+    ``quick``).
     """
     from benchmarks import machine
 
     described = machine.describe(REPO)  # at the start: its load average is the starting one
     config = _unet_config(quick)
     sizes = (64,) if quick else (256, 512)
-    keep = workdir is not None
-    if workdir is None:
+    keep = workdir is not None or not quick
+    if workdir is None and not quick:
+        # The SD 1.5 export takes minutes and ~17 GB of RAM: kept, keyed by what makes it (the
+        # exporter's sources, the architecture, the exporting packages' versions), and reused.
+        from benchmarks.models import _key
+
+        key = _key(REPO / "export", REPO / "benchmarks" / "sd15.py")
+        workdir = REPO / ".cache" / "benchmarks" / f"export_unet-sd15-{key}"
+    elif workdir is None:
         root = REPO / ".cache" / "benchmarks"
         root.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="export_unet-", dir=root))
