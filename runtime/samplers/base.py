@@ -31,8 +31,12 @@ Rules:
   model call and only when the step is stochastic, so that tests can feed diffusers' draws.
 - Schedule math in float64; the sample keeps the caller's dtype (cast scalars, not arrays).
 - At a zero final sigma return the data prediction (never divide by sigma = 0).
-- Exception: a spec with ``receives_model_output`` gets ``(sample, model_output)`` in diffusers'
-  VP terms instead and yields VP samples (see the field's comment).
+- Exceptions, each a field of ``SamplerSpec``: ``receives_derivative`` (the ODE derivative in
+  place of the data prediction), ``receives_model_output`` (diffusers' ``(sample, model_output)``
+  in VP terms, VP samples yielded) and ``vp_scaled`` (the VP sample and sqrt(abar) x0, VP samples
+  yielded): each spares the full-array passes that converting at the boundary would cost.
+- Scalars in the array arithmetic are Python floats, never numpy float64 scalars: numpy casts a
+  Python float to the array's dtype, while a float64 scalar makes the pass float64.
 """
 
 from __future__ import annotations
@@ -103,6 +107,12 @@ class SamplerSpec:
     # float64 coefficients: a step is two or three full-array passes, as in diffusers, instead
     # of the seven that converting at the boundary costs.
     receives_model_output: bool = False
+    # True (VP samplers whose step is a fixed linear combination: the DPM-Solver family, DEIS):
+    # the generator receives diffusers' VP sample x and sqrt(abar) * x0 (the data prediction in
+    # VP units, x - sqrt(1 - abar) eps: two passes) and yields the next VP sample.  Reading the
+    # VE views sigma-by-sigma is then a change of the precomputed coefficients rather than two
+    # more full-array passes per call (see ``multistep.vp_step``).
+    vp_scaled: bool = False
 
 
 def to_d(x: np.ndarray, sigma: float, denoised: np.ndarray) -> np.ndarray:
@@ -130,7 +140,9 @@ class Scratch:
         buf = self.buf
         if buf is None or buf.shape != out.shape or buf.dtype != out.dtype:
             buf = self.buf = np.empty_like(out)
-        np.multiply(arr, out.dtype.type(c), out=buf)
+        # A Python float is cast to the arrays' dtype by numpy itself; anything else (a numpy
+        # float64) would make the product a float64 pass, so it is converted first.
+        np.multiply(arr, c if type(c) is float else out.dtype.type(c), buf)
         out += buf
         return out
 

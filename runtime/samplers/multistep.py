@@ -54,8 +54,13 @@ def _lincomb(terms: Iterable[tuple[float, np.ndarray]], tmp: Scratch) -> np.ndar
     the calling sampler's reused temporary."""
     live = [(c, arr) for c, arr in terms if c != 0.0]
     # start from a scaled term: its product is the fresh output array, no separate copy
-    first = next((k for k, (c, _) in enumerate(live) if c != 1.0), 0)
-    c, arr = live.pop(first)
+    c, arr = live[0]
+    if c == 1.0:
+        first = next((k for k, (c, _) in enumerate(live) if c != 1.0), 0)
+        c, arr = live[first]
+        del live[first]
+    else:
+        del live[0]
     out = arr * c if c != 1.0 else arr.copy()
     for c, arr in live:
         if c == 1.0:
@@ -97,6 +102,29 @@ def _eps(x: np.ndarray, denoised: np.ndarray, sigma: float) -> np.ndarray:
     return (x - denoised) / x.dtype.type(sigma)
 
 
+def vp_factors(sigmas: np.ndarray) -> list[float]:
+    """c = sqrt(1 + sigma^2) of each entry: the VE view of a VP sample is c * x."""
+    return np.sqrt(1.0 + np.asarray(sigmas, dtype=np.float64) ** 2).tolist()
+
+
+def vp_step(step: Step, cs: list[float], i: int, base: int, data: bool) -> Step:
+    """``step`` (on VE views: from the sample at call ``base`` with the outputs of calls i, i-1,
+    ...) for a ``vp_scaled`` generator, whose samples are VP (x_ve = c x) and whose data outputs
+    are sqrt(abar) x0 = x0 / c, the result being read back at sigma_{i+1}.  Noise-prediction
+    outputs (``data`` False) are the same in both views."""
+    a, weights, noise = step
+    inv = 1.0 / cs[i + 1]
+    scaled = tuple(w * (cs[i - j] if data else 1.0) * inv for j, w in enumerate(weights))
+    return a * cs[base] * inv, scaled, noise * inv
+
+
+def _eps_vp(x: np.ndarray, scaled: np.ndarray, sigma: float, c: float) -> np.ndarray:
+    """The noise prediction (x_ve - x0) / sigma from a VP sample and sqrt(abar) x0."""
+    out = x - scaled
+    out *= c / sigma
+    return out
+
+
 def _noise(
     noise_coef: float, noise_sampler: NoiseSampler, sigmas: np.ndarray, i: int
 ) -> list[tuple[float, np.ndarray]]:
@@ -113,6 +141,7 @@ def _spec(
     check: Callable[[dict[str, Any]], None],
     stochastic: bool = False,
     clips_itself: bool = False,
+    vp_scaled: bool = False,
     **defaults: Any,
 ) -> None:
     """Register a one-call-per-step VP sampler whose options ``check`` validates."""
@@ -126,7 +155,16 @@ def _spec(
         return Plan(base.timesteps, base.sigmas, extra={"step_index": np.arange(len(base.timesteps))})
 
     spec = SamplerSpec(
-        name, description, "vp", sample, defaults, plan, stochastic, family=family, clips_itself=clips_itself
+        name,
+        description,
+        "vp",
+        sample,
+        defaults,
+        plan,
+        stochastic,
+        family=family,
+        clips_itself=clips_itself,
+        vp_scaled=vp_scaled,
     )
     register(spec)
 
@@ -236,13 +274,15 @@ def sample_dpm_solver_multistep(
         )
         for i in range(n)
     ]
-
     data = algorithm_type.endswith("++")
+    cs, sig = vp_factors(sigmas), np.asarray(sigmas, dtype=np.float64).tolist()
+    steps = [vp_step(step, cs, i, i, data) for i, step in enumerate(steps)]
+
     outputs: deque[np.ndarray] = deque(maxlen=3)
     tmp = Scratch()
     x, denoised = yield
     for i, (a, weights, noise_coef) in enumerate(steps):
-        outputs.appendleft(denoised if data else _eps(x, denoised, sigmas[i]))
+        outputs.appendleft(denoised if data else _eps_vp(x, denoised, sig[i], cs[i]))
         terms = [(a, x), *zip(weights, outputs, strict=False), *_noise(noise_coef, noise_sampler, sigmas, i)]
         x, denoised = yield _lincomb(terms, tmp)
 
@@ -313,17 +353,19 @@ def sample_dpm_solver_singlestep(
     orders = singlestep_orders(offset + n, solver_order, lower_order_final, sigmas[-1] == 0)[offset:]
     # diffusers lowers an order that would reach back before this run's first output (img2img)
     orders = [min(o, i + 1) for i, o in enumerate(orders)]
+    data = algorithm_type.endswith("++")
+    cs, sig = vp_factors(sigmas), np.asarray(sigmas, dtype=np.float64).tolist()
     steps = [
-        _dpm_singlestep_step(lam, sigmas, i, o, algorithm_type, solver_type) for i, o in enumerate(orders)
+        vp_step(_dpm_singlestep_step(lam, sigmas, i, o, algorithm_type, solver_type), cs, i, i - o + 1, data)
+        for i, o in enumerate(orders)
     ]
 
-    data = algorithm_type.endswith("++")
     outputs: deque[np.ndarray] = deque(maxlen=3)
     tmp = Scratch()
     x, denoised = yield
     base = x
     for i, (order, (a, weights, noise_coef)) in enumerate(zip(orders, steps, strict=False)):
-        outputs.appendleft(denoised if data else _eps(x, denoised, sigmas[i]))
+        outputs.appendleft(denoised if data else _eps_vp(x, denoised, sig[i], cs[i]))
         if order == 1:  # a block starts here; its higher-order steps restart from this sample
             base = x
         terms = [
@@ -382,12 +424,14 @@ def sample_deis(
         _deis_step(log_rho, sigmas, i, _multistep_order(solver_order, i, offset + i, n_full, False, short))
         for i in range(n)
     ]
+    cs, sig = vp_factors(sigmas), np.asarray(sigmas, dtype=np.float64).tolist()
+    steps = [vp_step(step, cs, i, i, False) for i, step in enumerate(steps)]
 
     outputs: deque[np.ndarray] = deque(maxlen=3)
     tmp = Scratch()
     x, denoised = yield
     for i, (a, weights, _) in enumerate(steps):
-        outputs.appendleft(_eps(x, denoised, sigmas[i]))
+        outputs.appendleft(_eps_vp(x, denoised, sig[i], cs[i]))
         x, denoised = yield _lincomb([(a, x), *zip(weights, outputs, strict=False)], tmp)
 
 
@@ -412,6 +456,7 @@ _spec(
     "dpm_multistep",
     sample_dpm_solver_multistep,
     _check_multistep,
+    vp_scaled=True,
 )
 _spec(
     "dpmpp_2m_sde",
@@ -419,6 +464,7 @@ _spec(
     "dpm_multistep",
     sample_dpm_solver_multistep,
     _check_multistep,
+    vp_scaled=True,
     stochastic=True,
     algorithm_type="sde-dpmsolver++",
 )
@@ -428,6 +474,7 @@ _spec(
     "dpm_multistep",
     sample_dpm_solver_multistep,
     _check_multistep,
+    vp_scaled=True,
     stochastic=True,
     algorithm_type="sde-dpmsolver++",
     solver_order=3,
@@ -438,6 +485,7 @@ _spec(
     "dpm_singlestep",
     sample_dpm_solver_singlestep,
     _check_singlestep,
+    vp_scaled=True,
 )
 _spec(
     "deis",
@@ -445,4 +493,5 @@ _spec(
     "deis",
     sample_deis,
     _check_deis,
+    vp_scaled=True,
 )

@@ -113,10 +113,22 @@ class Scheduler:
         self._clip_here = self._clips and not spec.clips_itself
         self._vp = spec.space == "vp"
         self._eps_pred = self.prediction_type == "epsilon"
-        self._derivative = spec.receives_derivative
-        self._raw = spec.receives_model_output
-        if self._raw and self._clip_here:  # such a generator must clip itself (clips_itself)
+        if spec.receives_model_output and self._clip_here:  # such a generator must clip itself
             raise ValueError(f"{spec.name} cannot clip or threshold its data prediction")
+        # What step() hands the generator beside the sample, and how: "raw" (diffusers' model
+        # output), "derivative" and "vp_scaled" (computed in step() itself for an unclipped
+        # epsilon model), "slow" (the same protocols for every other case, in _slow_answer) and
+        # "ve_view" (the VE view of the sample and the data prediction).
+        fast = self._eps_pred and not self._clip_here
+        if spec.receives_model_output:
+            self._mode = "raw"
+        elif spec.receives_derivative:
+            self._mode = "derivative" if fast else "slow"
+        elif spec.vp_scaled:
+            self._mode = "vp_scaled" if fast else "slow"
+        else:
+            self._mode = "ve_view"
+        self._x_ve: np.ndarray | None = None
         self.num_inference_steps: int | None = None
         self._base: BaseSchedule | None = None
         self._plan: Plan | None = None
@@ -185,6 +197,8 @@ class Scheduler:
             self._to_ve = np.ones_like(sig)
         self._model_in = 1.0 / np.sqrt(1.0 + sig**2) if self.spec.space == "ve" else np.ones_like(sig)
         self._to_ve_list, self._model_in_list = self._to_ve.tolist(), self._model_in.tolist()
+        # sqrt(1 - abar) of each call: the factor on an epsilon output in sqrt(abar) x0
+        self._vp_eps_list = (sig / np.sqrt(1.0 + sig**2)).tolist()
         self._begin_index = None
         self._reset()
         # The sampler's own per-run tables (step coefficients) are computed here, with the
@@ -332,65 +346,81 @@ class Scheduler:
         generator: np.random.Generator | None = None,
     ) -> np.ndarray:
         """Advance one model call; returns the next sample in the caller's dtype."""
-        # Written flat: at 30k elements per latent the Python overhead is half of a step.
+        # Written flat: at 30k elements per latent the Python overhead is a third of a step.
         k = self._index
         if k is None:
             self._require_plan()
             self._init_index(timestep)
             k = self._index
         ts = self._timesteps_list
-        if k >= len(ts) or not _same_t(timestep if type(timestep) is float else _as_float(timestep), ts[k]):
+        try:
+            tf = float(timestep)  # numpy scalars, 0-d arrays, tensors; anything else gets the error
+        except (TypeError, ValueError):
+            tf = _as_float(timestep)
+        if k >= len(ts) or abs(tf - ts[k]) > 1e-4 + 1e-6 * abs(ts[k]):  # _same_t, inline
             self._check_t(timestep)  # raises the precise error
         if type(sample) is not np.ndarray:
             sample = np.asarray(sample)
         if type(model_output) is not np.ndarray:
             model_output = np.asarray(model_output)
-        if model_output.shape != sample.shape:
-            raise ValueError(
-                f"model_output shape {model_output.shape} differs from sample shape {sample.shape}"
-            )
+        shape = sample.shape
+        if model_output.shape != shape:
+            raise ValueError(f"model_output shape {model_output.shape} differs from sample shape {shape}")
         dtype = sample.dtype
         if dtype.kind != "f":
             raise ValueError(f"sample must be a floating-point array, got dtype {dtype}")
         if noise is not None:
-            noise = np.asarray(noise)
-            if noise.shape != sample.shape:
-                raise ValueError(f"noise must have the sample's shape {sample.shape}, got {noise.shape}")
-        self._noise, self._rng, self._shape, self._dtype = noise, generator, sample.shape, dtype
+            if type(noise) is not np.ndarray:
+                noise = np.asarray(noise)
+            if noise.shape != shape:
+                raise ValueError(f"noise must have the sample's shape {shape}, got {noise.shape}")
         if model_output.dtype != dtype:
             model_output = model_output.astype(dtype)
-        if self._raw:
-            gen = self._gen
-            if gen is None:
-                gen = self._gen = self._start(k)
-            out = gen.send((sample, model_output))
-            self._noise = self._rng = None
-            self._index = k + 1
-            return out if out.dtype == dtype else out.astype(dtype)
-        vp = self._vp
-        x_ve = sample * dtype.type(self._to_ve_list[k]) if vp else sample
-        sigma = self._sigmas_list[k]
-        if self._derivative and self._eps_pred and not self._clip_here:
-            answer = model_output  # the derivative itself (VE noise prediction)
+        mode = self._mode
+        if mode == "raw":
+            answer = model_output
+        elif mode == "derivative":  # an epsilon model's output is the VE derivative itself
+            answer = model_output
+        elif mode == "vp_scaled":  # sqrt(abar) x0 = x - sqrt(1 - abar) eps, two passes
+            answer = model_output * self._vp_eps_list[k]
+            np.subtract(sample, answer, out=answer)
         else:
-            if self._eps_pred:
-                answer = model_output * dtype.type(sigma)
-                np.subtract(x_ve, answer, out=answer)
-            else:
-                answer = self._denoised(model_output, x_ve, sigma)
-            if self._clip_here:
-                answer = self._clip(answer)
-            if self._derivative:
-                answer = to_d(x_ve, sigma, answer)
+            answer = self._slow_answer(model_output, sample, k)
         gen = self._gen
         if gen is None:
             gen = self._gen = self._start(k)
-        out = gen.send((x_ve, answer))
-        self._noise = self._rng = None
+        self._noise, self._rng, self._shape, self._dtype = noise, generator, shape, dtype
+        try:
+            out = gen.send((sample if mode != "ve_view" else self._x_ve, answer))
+        finally:
+            self._noise = self._rng = self._x_ve = None
         self._index = k + 1
-        if vp:
-            out = out * dtype.type(1.0 / self._to_ve_list[k + 1])
+        if mode == "ve_view" and self._vp:
+            out = out * (1.0 / self._to_ve_list[k + 1])
         return out if out.dtype == dtype else out.astype(dtype)
+
+    def _slow_answer(self, model_output: np.ndarray, sample: np.ndarray, k: int) -> np.ndarray:
+        """What the generator receives beside the sample, for the modes without a fast path
+        (other prediction types, clipping, the VE-view protocol); ``ve_view`` keeps the VE view
+        of the sample in ``_x_ve`` for the generator."""
+        spec, sigma = self.spec, self._sigmas_list[k]
+        c = self._to_ve_list[k]
+        x_ve = sample * sample.dtype.type(c) if self._vp else sample
+        if self._eps_pred and not spec.receives_derivative:
+            answer = model_output * sigma
+            np.subtract(x_ve, answer, out=answer)
+        elif self._eps_pred and not self._clip_here:
+            return model_output  # receives_derivative: the derivative itself
+        else:
+            answer = self._denoised(model_output, x_ve, sigma)
+        if self._clip_here:
+            answer = self._clip(answer)
+        if spec.receives_derivative:
+            return to_d(x_ve, sigma, answer)
+        if spec.vp_scaled:
+            return answer * (1.0 / c)
+        self._x_ve = x_ve
+        return answer
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps: Any) -> np.ndarray:
         """Noise clean samples to ``timesteps`` (img2img / inpainting), as diffusers does."""

@@ -17,8 +17,9 @@ from .base import BaseSchedule, NoiseSampler, Plan, SamplerGen, SamplerSpec, Scr
 from .registry import register
 
 
-def _f(x: np.ndarray, value: float) -> np.generic:
-    return x.dtype.type(value)
+def _floats(values: np.ndarray) -> list[float]:
+    # Python floats: numpy casts them to the sample's dtype, a numpy float64 would upcast the pass
+    return np.asarray(values, dtype=np.float64).tolist()
 
 
 def _train_sigmas(base: BaseSchedule) -> np.ndarray:
@@ -59,30 +60,31 @@ def sample_ddim(
     std noise, where sqrt(abar') = k = 1 / sqrt(1 + sigma_to^2) and the eta-scaled std is
     exactly k times the ancestral sigma_up of sigma -> sigma_to."""
     tmp = Scratch()
+    sig, sig_to = _floats(sigmas), _floats(sigmas_to)
     x, m = yield None
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_to = sigmas[i], sigmas_to[i]
+    for i in range(len(sig) - 1):
+        sigma, sigma_to = sig[i], sig_to[i]
         sigma_up = eta * (sigma_to**2 * (sigma**2 - sigma_to**2) / sigma**2) ** 0.5 if eta else 0.0
         sigma_down = max(sigma_to**2 - sigma_up**2, 0.0) ** 0.5
         k = 1.0 / math.sqrt(1.0 + sigma_to**2)
         ax, am, ex, em = _vp_coefficients(prediction_type, sigma)
         if clip is None:
             # Unclipped, the step is affine in (x, m): two scaled passes and an add.
-            x_next = x * _f(x, k * ax + k * sigma_down * ex)
+            x_next = x * (k * ax + k * sigma_down * ex)
             tmp.add_scaled(x_next, m, k * am + k * sigma_down * em)
         else:
             # diffusers keeps the model's own epsilon even when it clips the data prediction.
-            x0 = x * _f(x, ax)
-            x0 += m * _f(x, am)
-            eps = x * _f(x, ex)
-            eps += m * _f(x, em)
+            x0 = x * ax
+            x0 += m * am
+            eps = x * ex
+            eps += m * em
             x0 = clip(x0)
             if use_clipped_model_output:  # eps = (x - sqrt(abar) x0) / sqrt(1 - abar)
                 s0 = 1.0 / math.sqrt(1.0 + sigma**2)
-                eps = x * _f(x, 1.0 / (sigma * s0))
-                eps -= x0 * _f(x, 1.0 / sigma)
-            eps *= _f(x, k * sigma_down)
-            eps += x0 * _f(x, k)
+                eps = x * (1.0 / (sigma * s0))
+                eps -= x0 * (1.0 / sigma)
+            eps *= k * sigma_down
+            eps += x0 * k
             x_next = eps
         if sigma_up > 0:
             tmp.add_scaled(x_next, noise_sampler(sigma, sigma_to), k * sigma_up)
@@ -177,9 +179,9 @@ def sample_plms(
             out = np.empty_like(x)
         # kept across calls, so never the caller's array
         if as_sample:
-            sigma = sigmas[c]
-            np.multiply(x, _f(x, math.sqrt(1 + sigma**2) / sigma), out=out)
-            out -= m * _f(x, 1 / sigma)
+            sigma = float(sigmas[c])
+            np.multiply(x, math.sqrt(1 + sigma**2) / sigma, out=out)
+            out -= m * (1 / sigma)
         else:
             np.copyto(out, m)
         if adams is not None:
@@ -210,7 +212,7 @@ def sample_plms(
             s_from, s_to = sigma_of(t + stride), sigma_of(t)
             terms, coefs = [out, ring[first_row]], [0.5, 0.5]
         base_k, out_k = coefficients(s_from, s_to)
-        x_next = first_x * _f(x, base_k)
+        x_next = first_x * base_k
         for coef, term in zip(coefs, terms, strict=True):
             tmp.add_scaled(x_next, term, coef * out_k)
         x, m = yield x_next
@@ -255,27 +257,28 @@ def sample_lcm(
     denoised = c_skip x + c_out x0 with the boundary-condition scalings, then re-noised to the
     next call's level, sqrt(abar') denoised + sqrt(1 - abar') noise (no noise after the last)."""
     tmp = Scratch()
+    sig = _floats(sigmas)
     x, m = yield None
-    for i in range(len(sigmas) - 1):
-        sigma = sigmas[i]
+    for i in range(len(sig) - 1):
+        sigma = sig[i]
         scaled_t = float(timesteps[i]) * timestep_scaling
         c_skip = 0.25 / (scaled_t**2 + 0.25)  # sigma_data = 0.5
         c_out = scaled_t / (scaled_t**2 + 0.25) ** 0.5
         ax, am, _, _ = _vp_coefficients(prediction_type, sigma)
-        last = i == len(sigmas) - 2
+        last = i == len(sig) - 2
         # Re-noising scales denoised by k = sqrt(abar'); folded into the coefficients.
-        k = 1.0 if last else 1.0 / math.sqrt(1.0 + sigmas[i + 1] ** 2)
+        k = 1.0 if last else 1.0 / math.sqrt(1.0 + sig[i + 1] ** 2)
         if clip is None:  # affine in (x, m): two scaled passes and an add
-            x_next = x * _f(x, k * (c_out * ax + c_skip))
+            x_next = x * (k * (c_out * ax + c_skip))
             tmp.add_scaled(x_next, m, k * c_out * am)
         else:
-            x0 = x * _f(x, ax)
-            x0 += m * _f(x, am)
+            x0 = x * ax
+            x0 += m * am
             x_next = clip(x0)
-            x_next *= _f(x, k * c_out)
-            x_next += x * _f(x, k * c_skip)
+            x_next *= k * c_out
+            x_next += x * (k * c_skip)
         if not last:
-            tmp.add_scaled(x_next, noise_sampler(sigma, sigmas[i + 1]), k * sigmas[i + 1])
+            tmp.add_scaled(x_next, noise_sampler(sigma, sig[i + 1]), k * sig[i + 1])
         x, m = yield x_next
 
 

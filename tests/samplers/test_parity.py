@@ -102,6 +102,15 @@ def _cases() -> list[Any]:
         add(name, "sd15", 8, use_lu_lambdas=True)
     for order in (1, 3):
         add("dpmpp_2m", "sd15", 9, solver_order=order)
+    # The noise-prediction variants (their outputs are converted back from the data prediction);
+    # diffusers takes them with final_sigmas_type "sigma_min" only.
+    noise_pred = {"final_sigmas_type": "sigma_min"}
+    for order in (1, 2, 3):
+        add("dpmpp_2m", "sd15", 9, solver_order=order, algorithm_type="dpmsolver", **noise_pred)
+        add("dpmpp_2s", "sd15", 9, solver_order=order, algorithm_type="dpmsolver", **noise_pred)
+    for order in (1, 2):
+        add("dpmpp_2m_sde", "sd15", 9, solver_order=order, algorithm_type="sde-dpmsolver", **noise_pred)
+    add("dpmpp_2s", "sd21v", 9, solver_order=2, algorithm_type="dpmsolver", **noise_pred)
     add("dpmpp_2m", "sd15", 25, solver_order=3, use_karras_sigmas=True)
 
     for order in (1, 2, 3):

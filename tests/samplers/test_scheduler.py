@@ -7,7 +7,7 @@ import pytest
 from sdlite.samplers import make_scheduler
 from sdlite.samplers.base import Scratch
 
-from .reference import SD15_PNDM
+from .reference import ALL_SAMPLERS, SD15_PNDM
 
 SHAPE = (1, 4, 8, 8)
 
@@ -85,3 +85,31 @@ def test_scratch_follows_a_change_of_shape_or_dtype() -> None:
     got = tmp.add_scaled(a16, a16, 0.5)
     assert tmp.buf is not buf and tmp.buf.dtype == np.float16 and tmp.buf.shape == (2, 3)
     np.testing.assert_array_equal(got, np.full((2, 3), 1.5, dtype=np.float16))
+
+
+class _DtypeSpy:
+    """Stands in for a sampler generator and records the dtype of every sample it yields."""
+
+    def __init__(self, gen) -> None:
+        self.gen, self.dtypes = gen, set()
+
+    def send(self, value):
+        out = self.gen.send(value)
+        self.dtypes.add(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize("name", ALL_SAMPLERS)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("config", [{}, {"prediction_type": "v_prediction"}])
+def test_samplers_compute_in_the_callers_dtype(name: str, dtype: type, config: dict) -> None:
+    """A numpy float64 scalar in a step's arithmetic turns the whole pass into float64 (twice the
+    memory traffic, and a cast back).  step() would hide that by casting its result, so the
+    generator's own yields are checked."""
+    sched = make_scheduler(name, {**SD15_PNDM, **config})
+    sched.set_timesteps(6)
+    spy = sched._gen = _DtypeSpy(sched._gen)
+    outs = [o.astype(dtype) for o in _outputs(3)]
+    noise = _outputs(1)[0].astype(dtype)
+    _run(sched, np.ones(SHAPE, dtype=dtype), 0, outs, noise)
+    assert spy.dtypes == {np.dtype(dtype)}, f"{name} computed in {sorted(map(str, spy.dtypes))}"
