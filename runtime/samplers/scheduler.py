@@ -377,9 +377,7 @@ class Scheduler:
         if model_output.dtype != dtype:
             model_output = model_output.astype(dtype)
         mode = self._mode
-        if mode == "raw":
-            answer = model_output
-        elif mode == "derivative":  # an epsilon model's output is the VE derivative itself
+        if mode == "raw" or mode == "derivative":  # an epsilon output is the VE derivative itself
             answer = model_output
         elif mode == "vp_scaled":  # sqrt(abar) x0 = x - sqrt(1 - abar) eps, two passes
             answer = model_output * self._vp_eps_list[k]
