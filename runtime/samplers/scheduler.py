@@ -317,7 +317,7 @@ class Scheduler:
     def _noise_sampler(self, sigma: float, sigma_next: float) -> np.ndarray:
         noise, shape, dtype = self._noise, self._shape, self._dtype
         if noise is not None:
-            return noise.astype(dtype, copy=False)
+            return noise if noise.dtype == dtype else noise.astype(dtype)
         rng = self._rng
         if rng is None:  # one unseeded generator per scheduler: creating one per step is slow
             if self._default_rng is None:
