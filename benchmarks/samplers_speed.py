@@ -288,7 +288,7 @@ def markdown(result: dict[str, Any]) -> str:
         spread = row.get("ratios_noise_given") or [row["ratio_noise_given"]]
         lines.append(
             f"| {name} | {row['diffusers_noise_given_ms']:.3f} | {row['ours_noise_given_ms']:.3f} "
-            f"| {row['ratio_noise_given']:.2f} | {min(spread):.2f}-{max(spread):.2f} | {mark} "
+            f"| {row['ratio_noise_given']:.3f} | {min(spread):.2f}-{max(spread):.2f} | {mark} "
             f"| {row['diffusers_drawing_ms']:.3f} "
             f"| {row['ours_drawing_ms']:.3f} | {row['ratio_drawing']:.2f} |"
         )
