@@ -134,8 +134,8 @@ class Scheduler:
         self._plan: Plan | None = None
         self._begin_index: int | None = None
         self._default_rng: np.random.Generator | None = None
-        self._noise: np.ndarray | None = None
-        self._rng: np.random.Generator | None = None
+        # (noise, generator, sample) of the step() in progress, for _noise_sampler
+        self._call: tuple[np.ndarray | None, np.random.Generator | None, np.ndarray] | None = None
         self._reset()
 
     # --- configuration ------------------------------------------------------------------
@@ -315,10 +315,12 @@ class Scheduler:
         return gen
 
     def _noise_sampler(self, sigma: float, sigma_next: float) -> np.ndarray:
-        noise, shape, dtype = self._noise, self._shape, self._dtype
+        assert self._call is not None  # only called from inside step()
+        noise, rng, sample = self._call
+        dtype = sample.dtype
         if noise is not None:
             return noise if noise.dtype == dtype else noise.astype(dtype)
-        rng = self._rng
+        shape = sample.shape
         if rng is None:  # one unseeded generator per scheduler: creating one per step is slow
             if self._default_rng is None:
                 self._default_rng = np.random.default_rng()
@@ -387,11 +389,10 @@ class Scheduler:
         gen = self._gen
         if gen is None:
             gen = self._gen = self._start(k)
-        self._noise, self._rng, self._shape, self._dtype = noise, generator, shape, dtype
-        try:
-            out = gen.send((sample if mode != "ve_view" else self._x_ve, answer))
-        finally:
-            self._noise = self._rng = self._x_ve = None
+        # No try/finally: after an exception the next step() replaces these anyway.
+        self._call = (noise, generator, sample)
+        out = gen.send((sample if mode != "ve_view" else self._x_ve, answer))
+        self._call = self._x_ve = None
         self._index = k + 1
         if mode == "ve_view" and self._vp:
             out = out * (1.0 / self._to_ve_list[k + 1])
