@@ -315,8 +315,7 @@ class Scheduler:
         return gen
 
     def _noise_sampler(self, sigma: float, sigma_next: float) -> np.ndarray:
-        assert self._call is not None  # only called from inside step()
-        noise, rng, sample = self._call
+        noise, rng, sample = self._call  # type: ignore[misc]  # set by step(), the only caller
         dtype = sample.dtype
         if noise is not None:
             return noise if noise.dtype == dtype else noise.astype(dtype)
