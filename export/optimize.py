@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 
 from . import cpu_attention, ort_shim
-from .targets import fusion_options
+from .targets import fusion_options, unsupported_fusions
 
 # The exported component folders and the ORT optimizer model type for each.
 MODEL_TYPES: dict[str, str] = {
@@ -103,6 +103,26 @@ def save(model: onnx.ModelProto, path: Path) -> None:
     )
 
 
+def _fuse(source: Path, target: str, model_type: str, float16: bool, disabled: tuple[str, ...] = ()):
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    ort_shim.apply()
+    # The optimizer logs every fusion at INFO and warns on benign misses; our summary is in sdlite.json.
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    # CPU: self-attention as unpacked MultiHeadAttention (tiled kernel); see cpu_attention.
+    unpacked = cpu_attention.self_attention_as_mha() if target == "cpu" else contextlib.nullcontext()
+    with unpacked:
+        return optimize_model(
+            str(source),
+            model_type=model_type,
+            num_heads=0,  # deduced from the graph
+            hidden_size=0,
+            opt_level=0,  # fusions only: ORT's own graph optimizations run at session creation
+            optimization_options=fusion_options(target, model_type, float16, disabled),
+            use_gpu=target != "cpu",
+        )
+
+
 def optimize_component(
     source: Path,
     dest: Path,
@@ -112,28 +132,16 @@ def optimize_component(
     fuse: bool = True,
 ) -> dict:
     """Optimize `source` (an fp32 ONNX graph) into `dest`; returns what was done, for sdlite.json."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
     if component not in MODEL_TYPES:
         raise ValueError(f"component must be one of {', '.join(MODEL_TYPES)}; got {component!r}")
     model_type = MODEL_TYPES[component]
     before = op_counts(onnx.load(str(source), load_external_data=False))
+    off: list[str] = []
     if fuse:
-        ort_shim.apply()
-        # The optimizer logs every fusion at INFO and warns on benign misses; our summary is in sdlite.json.
-        logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-        # CPU: self-attention as unpacked MultiHeadAttention (tiled kernel); see cpu_attention.
-        unpacked = cpu_attention.self_attention_as_mha() if target == "cpu" else contextlib.nullcontext()
-        with unpacked:
-            optimized = optimize_model(
-                str(source),
-                model_type=model_type,
-                num_heads=0,  # deduced from the graph
-                hidden_size=0,
-                opt_level=0,  # fusions only: ORT's own graph optimizations run at session creation
-                optimization_options=fusion_options(target, model_type, float16),
-                use_gpu=target != "cpu",
-            )
+        optimized = _fuse(source, target, model_type, float16)
+        off = unsupported_fusions(optimized.model, target)
+        if off:
+            optimized = _fuse(source, target, model_type, float16, disabled=tuple(off))
     else:
         from onnxruntime.transformers.onnx_model import OnnxModel
 
@@ -148,6 +156,7 @@ def optimize_component(
     return {
         "dtype": "fp16" if float16 else "fp32",
         "fusions": fused_ops(before, after),
+        "fusions_off": off,  # switches turned off because a GPU kernel lacks the width (targets.py)
         "nodes": sum(after.values()),
         "float16_initializers": float16_initializers(model),
         "external_data": external_data_path(dest).exists(),
