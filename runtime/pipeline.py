@@ -204,6 +204,7 @@ class Pipeline:
         and, for refiners, ``aesthetic_score`` / ``negative_aesthetic_score``, as in diffusers.
         Not thread-safe: one call at a time per Pipeline.
         """
+        # First line: locals() holds the arguments alone, so the signature stays their one list.
         args = Arguments(**{k: v for k, v in locals().items() if k != "self"})
         t_start, before = time.perf_counter(), self._session_seconds()
         req = self._resolve(args)

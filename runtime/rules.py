@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ MAX_PIXELS = max(MAX_PIXELS_BY_FAMILY.values())  # the largest any family allows
 # All images of one call together (the U-Net runs them as one batch): 64 images of 1024x1024.
 MAX_BATCH_PIXELS = MAX_IMAGES * 1024 * 1024
 OUTPUT_TYPES = ("pil", "np", "latent")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 and C1 but tab, newline, CR
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class RuleError(ValueError):
@@ -50,6 +53,10 @@ class RuleError(ValueError):
         self.field = field
         self.allowed = allowed
         self.value = value
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its parts: batch workers (Ray) send errors between processes.
+        return RuleError, (self.field, self.allowed, self.value)
 
 
 # --- presets: the sampling defaults per model family (detection lives in sdlite.presets) -------
@@ -135,12 +142,10 @@ def check_text(field: str, value: Any, max_chars: int = MAX_PROMPT_CHARS) -> str
         raise RuleError(field, "a string", value)
     if len(value) > max_chars:
         raise RuleError(field, f"at most {max_chars} characters", f"{len(value)} characters")
-    for ch in value:
-        code = ord(ch)
-        if 0xD800 <= code <= 0xDFFF:  # text that no UTF-8 encoder (PNG text, JSON out) can write
-            raise RuleError(field, "text without lone surrogates", ch)
-        if (code < 32 and ch not in "\t\n\r") or 127 <= code < 160:
-            raise RuleError(field, "text without control characters (tab, newline and CR are fine)", ch)
+    if (bad := _SURROGATE.search(value)) is not None:  # no UTF-8 encoder (PNG text, JSON) writes one
+        raise RuleError(field, "text without lone surrogates", bad.group())
+    if (bad := _CONTROL.search(value)) is not None:
+        raise RuleError(field, "text without control characters (tab, newline and CR are fine)", bad.group())
     return value
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -21,6 +22,13 @@ def test_rule_error_reads_field_allowed_value():
     err = RuleError("steps", "an integer in [1, 1000]", 0)
     assert str(err) == "steps must be an integer in [1, 1000], got 0"
     assert (err.field, err.allowed, err.value) == ("steps", "an integer in [1, 1000]", 0)
+
+
+def test_rule_error_survives_pickling():
+    # Batch workers (Ray) hand errors between processes.
+    back = pickle.loads(pickle.dumps(RuleError("seed", "an integer in [0, 9]", -1)))
+    assert isinstance(back, RuleError) and str(back) == "seed must be an integer in [0, 9], got -1"
+    assert (back.field, back.allowed, back.value) == ("seed", "an integer in [0, 9]", -1)
 
 
 def test_limits_are_the_unified_ones():
@@ -80,6 +88,8 @@ def test_check_text_accepts(text):
         ("nul\x00", 100, "control characters"),
         ("del\x7f", 100, "control characters"),
         ("c1\x85", 100, "control characters"),
+        ("esc\x1b[0m", 100, "control characters"),
+        ("\ud800", 100, "lone surrogates"),
         ("half \ud83d pair", 100, "lone surrogates"),
         (b"bytes", 100, "a string"),
         (None, 100, "a string"),
