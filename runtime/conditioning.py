@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from . import rules
 from .folder import ModelFolder
 from .sessions import Session
 from .tokenizer import CLIPTokenizer
@@ -84,10 +85,6 @@ class TextEncoder:
         return f"hidden_states.{layers[-2]}"
 
 
-def _is_real(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and np.isfinite(float(x))
-
-
 def _pair(name: str, value: Any, default: tuple[int, int], lo: int) -> tuple[int, int]:
     if value is None:
         return default
@@ -101,11 +98,7 @@ def _pair(name: str, value: Any, default: tuple[int, int], lo: int) -> tuple[int
 
 
 def _score(name: str, value: Any, default: float) -> float:
-    if value is None:
-        return default
-    if not _is_real(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    return default if value is None else rules.check_float(name, value)
 
 
 def _texts(name: str, value: Any, fallback: list[str]) -> list[str]:
@@ -113,13 +106,13 @@ def _texts(name: str, value: Any, fallback: list[str]) -> list[str]:
     if value is None:
         return fallback
     if isinstance(value, str):
-        return [value] * len(fallback)
+        return [rules.check_text(name, value)] * len(fallback)
     if (
         isinstance(value, (list, tuple))
         and all(isinstance(p, str) for p in value)
         and len(value) == len(fallback)
     ):
-        return list(value)
+        return [rules.check_text(name, p) for p in value]
     raise ValueError(
         f"{name} must be a string or a list of {len(fallback)} strings (one per prompt), got {value!r}"
     )

@@ -4,7 +4,7 @@
 leaves out (``num_inference_steps``, ``guidance_scale``, ``sampler``); explicit values win.  The
 preset's ``sampler_options`` come only with its sampler.
 
-Families (values from diffusers' documentation of the matching pipelines):
+Families (``sdlite.rules.PRESETS``; values from diffusers' documentation of the matching pipelines):
 
 - ``sd``: SD 1.x/2.x, UniPC, 20 steps, guidance 7.5 (sdlite's long-standing defaults).
 - ``sdxl``: SDXL, UniPC, 20 steps, guidance 5.0 (StableDiffusionXLPipeline's default).
@@ -33,44 +33,19 @@ Detection, first match wins (``detect`` returns the reason too, ``sdlite info`` 
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from . import rules
+from .rules import PRESETS, Preset
+
+__all__ = ["PRESETS", "Preset", "detect", "from_spec", "get"]
 PRESET_FILE_KEY = "preset"
 
 
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    sampler: str
-    steps: int
-    guidance: float
-    sampler_options: dict[str, Any] = field(default_factory=dict)
-    source: str = "built in"  # why this preset applies (shown by `sdlite info`)
-
-    def describe(self) -> str:
-        opts = "".join(f", {k}={v}" for k, v in self.sampler_options.items())
-        steps = f"{self.steps} step{'s' if self.steps != 1 else ''}"
-        return f"{self.name}: {self.sampler}{opts}, {steps}, guidance {self.guidance:g} ({self.source})"
-
-
-_TRAILING = {"timestep_spacing": "trailing"}
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset("sd", "unipc", 20, 7.5),
-        Preset("sdxl", "unipc", 20, 5.0),
-        Preset("sd-turbo", "euler_a", 1, 0.0, _TRAILING),
-        Preset("sdxl-turbo", "euler_a", 1, 0.0, _TRAILING),
-        Preset("lcm", "lcm", 4, 8.0),
-        Preset("lcm-lora", "lcm", 4, 1.0),
-    )
-}
 _FIELDS = ("name", "base", "sampler", "steps", "guidance", "sampler_options")
 
 
@@ -97,18 +72,16 @@ def from_spec(spec: Any, default: Preset, where: str) -> Preset:
     if unknown:
         raise ValueError(f"{where}: unknown preset key(s) {unknown}; allowed: {', '.join(_FIELDS)}")
     base = from_spec(spec["base"], default, where) if "base" in spec else default
-    steps, guidance = spec.get("steps", base.steps), spec.get("guidance", base.guidance)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= 10_000:
-        raise ValueError(f"{where}: steps must be an integer in [1, 10000], got {steps!r}")
-    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not math.isfinite(guidance):
-        raise ValueError(f"{where}: guidance must be a finite number, got {guidance!r}")
+    try:  # the limits of a call (sdlite.rules), so that a preset never yields a refused call
+        steps = rules.check_int("steps", spec.get("steps", base.steps), 1, rules.MAX_STEPS)
+        guidance = rules.check_float("guidance", spec.get("guidance", base.guidance), *rules.GUIDANCE_RANGE)
+    except rules.RuleError as err:
+        raise ValueError(f"{where}: {err}") from None
     sampler = spec.get("sampler", base.sampler)
     options = spec.get("sampler_options", base.sampler_options if sampler == base.sampler else {})
     if not isinstance(sampler, str) or not isinstance(options, dict):
         raise ValueError(f"{where}: sampler must be a name and sampler_options an object")
-    return Preset(
-        str(spec.get("name", base.name)), sampler, int(steps), float(guidance), dict(options), where
-    )
+    return Preset(str(spec.get("name", base.name)), sampler, steps, guidance, dict(options), where)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -156,13 +156,12 @@ class Session:
         }
         self.outputs = [o.name for o in self._sess.get_outputs()]
         self.output_types = {o.name: o.type for o in self._sess.get_outputs()}
+        # Symbolic dims stay strings: old diffusers exports spell the VAE's factor in them ("h * 8").
+        self.output_shapes = {o.name: tuple(o.shape) for o in self._sess.get_outputs()}
         self.providers = self._sess.get_providers()
         self.device = _DEVICE.get(self.providers[0])
         self.seconds = 0.0
         self._constants: dict[str, Any] = {}
-
-    def input_dtype(self, name: str) -> type:
-        return self.inputs[name].dtype
 
     def cast(self, name: str, value: np.ndarray) -> np.ndarray:
         # Not np.ascontiguousarray: it turns a 0-d timestep into shape (1,).

@@ -6,8 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
-from sdlite import Pipeline
+from sdlite import Pipeline, rules
 from sdlite.cli import main
+from sdlite.rules import RuleError
 from sdlite.sessions import Session
 
 
@@ -68,6 +69,19 @@ BAD_CALLS = [
     (dict(image=np.zeros((64, 64, 3), np.uint8), strength=0.1, num_inference_steps=5), "strength", "no step"),
     (dict(latents=np.zeros((1, 4, 8, 8), np.float32)), "latents", "shape"),
     (dict(callback=3), "callback", "callable"),
+    # One rule for every entry point (sdlite.rules):
+    (dict(num_inference_steps=1001), "num_inference_steps", "integer in [1, 1000]"),
+    (dict(guidance_scale=-1.0), "guidance_scale", "[0, 100]"),
+    (dict(guidance_scale=101), "guidance_scale", "[0, 100]"),
+    (dict(seed=2**64), "seed", "integer in [0,"),
+    (dict(seed=2**64 - 1, num_images_per_prompt=2), "seed", "for 2 images"),
+    (dict(num_images_per_prompt=65), "num_images_per_prompt", "integer in [1, 64]"),
+    (dict(prompt=["a"] * 33, num_images_per_prompt=2), "prompts x num_images_per_prompt", "at most 64"),
+    (dict(prompt="a\x00cat"), "prompt", "control characters"),
+    (dict(negative_prompt="bad \ud800"), "negative_prompt", "lone surrogates"),
+    (dict(prompt="x" * 32001), "prompt", "at most 32000 characters"),
+    (dict(height=2048, width=2056), "height x width", "too large"),  # SD: at most 2048x2048's area
+    (dict(sampler_options=[1]), "sampler_options", "dict"),
 ]
 
 
@@ -80,6 +94,23 @@ def test_bad_call_names_argument(pipe, no_model_runs, kwargs, argument, allowed)
         pipe(**kwargs)
     assert argument in str(err.value) and allowed in str(err.value), str(err.value)
     assert not no_model_runs
+
+
+def test_rule_errors_name_their_field(pipe, no_model_runs):
+    # The server answers 422 naming err.field; batch and the CLI print str(err).
+    with pytest.raises(RuleError) as err:
+        pipe("a cat", guidance_scale=float("nan"))
+    assert err.value.field == "guidance_scale" and err.value.allowed == "a finite number in [0, 100]"
+
+
+def test_max_pixels_is_per_pipeline(pipe, no_model_runs):
+    assert pipe.max_pixels == rules.max_pixels("sd") < rules.max_pixels("sdxl")
+    pipe.max_pixels = 64 * 64
+    try:
+        with pytest.raises(RuleError, match="at most 4096 pixels"):
+            pipe("a cat", height=64, width=72)
+    finally:
+        pipe.max_pixels = rules.max_pixels("sd")
 
 
 def test_missing_model_file_is_named(tmp_path, tiny_sd1_onnx):

@@ -3,7 +3,7 @@ StableDiffusionInpaintPipeline (PyTorch) for a 9-channel inpainting U-Net export
 ``sdlite export`` and for an ordinary 4-channel model (the tiny SD-1 optimum export).
 
 Same noise: diffusers' random draws are replaced by the ones our pipeline documents
-(``sdlite.pipeline._start_inpainting``): per image, the image's posterior sample (when its
+(``sdlite.latents.inpainting``): per image, the image's posterior sample (when its
 latents are needed), the initial noise, the masked image's posterior sample (9-channel U-Nets),
 then one draw per step for stochastic samplers.  diffusers encodes the masked image for
 4-channel U-Nets too and never uses it: that draw is fed zeros.
@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from sdlite import Pipeline, cli  # noqa: E402
+from sdlite.images import image_to_model  # noqa: E402
 from sdlite.inpaint import load_mask, mask_to_model, nearest_resize  # noqa: E402
 from test_pipeline import DIFFUSERS_CLASS, RANDN_MODULES, FeedRandn, per_image_draws  # noqa: E402
 from test_pipeline import test_image as picture  # noqa: E402
@@ -214,9 +215,8 @@ def test_four_channel_model_keeps_the_unmasked_area(models):
     plain = ours("a cat", num_inference_steps=3, seed=1, image=picture(3), strength=1.0, output_type="latent")
     lat_mask = nearest_resize(keep[None, None] / 255.0, (16, 16))[0, 0] >= 0.5
     assert np.abs(out.images - plain.images)[..., ~lat_mask].max() > 0.1  # outside: not img2img's result
-    encoded = ours._encode(
-        [Image.fromarray(picture(3))], 1, 1, SIZE, SIZE, [np.random.default_rng(1)], (4, 16, 16)
-    )
+    pixels = image_to_model(Image.fromarray(picture(3)), SIZE, SIZE)
+    encoded = ours._encode(pixels, [np.random.default_rng(1)])  # the posterior sample with seed 1
     np.testing.assert_allclose(out.images[0][:, ~lat_mask], encoded[0][:, ~lat_mask], atol=1e-5)
 
 

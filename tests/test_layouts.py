@@ -67,6 +67,8 @@ def test_nan_decode_without_fp32_decoder_raises(tmp_path, tiny_sd1_onnx):
 def test_static_shapes(tmp_path, tiny_sd1_onnx, reference, monkeypatch):
     static = onnx_variants.to_static(tiny_sd1_onnx, tmp_path / "static", batch=2)
     pipe = Pipeline.from_pretrained(static, provider="cpu", num_threads=1)
+    # What the server needs to refuse other sizes up front: the fixed size in pixels, public.
+    assert pipe.graph.static_size == (64, 64) and pipe.graph.unet_batch == 4
     out = pipe(["a cat", "a dog"], **KW).images
     np.testing.assert_allclose(out, reference[1], atol=2 / 255)
     img = (out[0] * 255).astype(np.uint8)

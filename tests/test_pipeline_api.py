@@ -17,6 +17,10 @@ def pipe(tiny_sd1_onnx):
 def test_reads_latent_factor_and_default_size(pipe):
     # The tiny VAE downsamples twice: factor 4, not SD's 8; U-Net sample_size 16 -> 64 px.
     assert pipe.vae_scale_factor == 4 and pipe.default_size == 64 and pipe.latent_channels == 4
+    g = pipe.graph  # the same facts, read once at load time
+    assert (g.vae_factor, g.default_size, g.latent_channels, g.size_multiple) == (4, 64, 4, 8)
+    assert g.static_size == (None, None) and not g.sdxl and g.time_cond_dim is None and g.family == "sd"
+    assert g.encoder_output == "latent_parameters" and not g.inpainting
     out = pipe("a cat", num_inference_steps=2, seed=0, output_type="latent")
     assert out.images.shape == (1, 4, 16, 16)
 
