@@ -36,7 +36,9 @@ VAE_FACTOR = 8
 SIZE_MULTIPLE = 8
 # One image's area: beyond it the VAE decode and the U-Net's attention need more memory than a
 # large GPU has.  Per family, as 4 x the area of the largest size the family is trained at.
-MAX_PIXELS_BY_FAMILY = {"sd": 4 * 1024 * 1024, "sdxl": 4 * 2048 * 2048}
+# One image's area. Beyond these, a CPU decode or the U-Net's first attention needs tens of GB
+# (an 8192-wide request reached 12.9 GB RSS before this rule existed); --max-pixels changes them.
+MAX_PIXELS_BY_FAMILY = {"sd": 1536 * 1536, "sdxl": 2048 * 2048}
 MAX_PIXELS = max(MAX_PIXELS_BY_FAMILY.values())  # the largest any family allows
 # All images of one call together (the U-Net runs them as one batch): 64 images of 1024x1024.
 MAX_BATCH_PIXELS = MAX_IMAGES * 1024 * 1024

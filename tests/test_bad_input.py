@@ -80,7 +80,7 @@ BAD_CALLS = [
     (dict(prompt="a\x00cat"), "prompt", "control characters"),
     (dict(negative_prompt="bad \ud800"), "negative_prompt", "lone surrogates"),
     (dict(prompt="x" * 32001), "prompt", "at most 32000 characters"),
-    (dict(height=2048, width=2056), "height x width", "too large"),  # SD: at most 2048x2048's area
+    (dict(height=1536, width=1544), "height x width", "too large"),  # SD: at most 1536x1536's area
     (dict(sampler_options=[1]), "sampler_options", "dict"),
 ]
 

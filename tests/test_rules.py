@@ -138,10 +138,10 @@ def test_check_size():
 
 
 def test_check_pixels():
-    rules.check_pixels(2048, 2048, 1, rules.max_pixels("sd"))
-    rules.check_pixels(4096, 4096, 1, rules.max_pixels("sdxl"))
-    err = _refused(rules.check_pixels, 2048, 2056, 1, rules.max_pixels("sd"))
-    assert err.field == "height x width" and "too large" in str(err) and "2056x2048" in str(err)
+    rules.check_pixels(1536, 1536, 1, rules.max_pixels("sd"))
+    rules.check_pixels(2048, 2048, 1, rules.max_pixels("sdxl"))
+    err = _refused(rules.check_pixels, 1536, 1544, 1, rules.max_pixels("sd"))
+    assert err.field == "height x width" and "too large" in str(err) and "1544x1536" in str(err)
     rules.check_pixels(1024, 1024, rules.MAX_IMAGES, rules.MAX_PIXELS)
     err = _refused(rules.check_pixels, 1024, 1032, rules.MAX_IMAGES, rules.MAX_PIXELS)
     assert err.field == "height x width x images"
