@@ -25,8 +25,9 @@ Rules:
 - After model call ``k`` the facade sends ``(x, denoised)``: ``x`` is the current sample in VE
   space (the one the model was evaluated at, possibly edited by the caller) and ``denoised`` the
   data prediction.  The generator yields the VE sample at the next call's sigma, exactly once
-  per call; the facade stops after the last call and never asks for more.  Both arrays may be
-  the caller's: a generator never modifies them in place and copies what it keeps.
+  per call; the facade stops after the last call and never asks for more.  ``denoised`` is a
+  fresh array the generator owns; ``x`` (and a given noise array) may be the caller's, never
+  modified in place.
 - Options reach the generator as keyword arguments, the ones its signature names.  A sampler
   that takes ``clip`` gets the config's clipping/thresholding (or None) and the unclipped data
   prediction, for the classes whose step uses both (DDIM, UniPC); every other sampler receives

@@ -49,7 +49,8 @@ def threshold_sample(x0: np.ndarray, ratio: float, max_value: float) -> np.ndarr
 
 
 def denoised_from(model_output: np.ndarray, x: np.ndarray, sigma: float, prediction_type: str) -> np.ndarray:
-    """The data prediction from the model output at the VE sample ``x`` and VE ``sigma``."""
+    """The data prediction from the model output at the VE sample ``x`` and VE ``sigma``: always a
+    fresh array, which the sampler may keep or change in place."""
     if prediction_type == "epsilon":
         den = model_output * sigma
         return np.subtract(x, den, out=den)
@@ -57,7 +58,7 @@ def denoised_from(model_output: np.ndarray, x: np.ndarray, sigma: float, predict
         den = x * (1.0 / (sigma * sigma + 1.0))
         den -= model_output * (sigma / math.sqrt(sigma * sigma + 1.0))
         return den
-    return model_output  # "sample"
+    return model_output.copy()  # "sample": not the caller's array
 
 
 def _checked_arrays(
