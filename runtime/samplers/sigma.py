@@ -75,8 +75,8 @@ def sample_euler_ancestral(sigmas: np.ndarray, noise_sampler: NoiseSampler, eta:
 
 
 def sample_heun(sigmas: np.ndarray, noise_sampler: NoiseSampler) -> SamplerGen:
-    # x + dt (d + d_2) / 2 written as mid + h d_2 with mid = x + h d, h = dt / 2: mid is
-    # computed anyway for the predictor mid + h d.
+    # x + dt (d + d_2) / 2 written as mid + h d_2 with mid = x + h d and h = dt / 2, the
+    # predictor x + dt d being mid + h d.
     tmp = Scratch()
     x, denoised = yield None
     for sigma, sigma_next in _floats(sigmas):

@@ -116,8 +116,8 @@ def _plms_move(
     combined output sum(coefs * terms), over ``levels = (s_from, s_to, s_next)``.
 
     x_to = base + (s_to - s_from) eps with base the VE view at s_from, eps the combined output
-    for epsilon models and (v + s_from base) / (1 + s_from^2) for v models (v turned into
-    epsilon only after combining, as diffusers does); then read at the next call's s_next.
+    for epsilon models and v / sqrt(1 + s_from^2) + s_from base / (1 + s_from^2) for v models (v
+    turned into epsilon only after combining, as diffusers does); then read at s_next.
     """
     (x, sigma), (s_from, s_to, s_next) = start, levels
     dt, k = s_to - s_from, _reread(s_to, s_next)
@@ -177,7 +177,8 @@ def sample_plms(
             terms, coefs = [out, outs[-1]], [0.5, 0.5]
         else:
             outs = outs[-3:] + [out]
-            first = first if c else (x, sigma)
+            if c == 0:
+                first = (x, sigma)
             s_from, s_to, start = sigma, sigma_of(t - stride), (x, sigma)
             terms, coefs = outs[::-1], _ADAMS_BASHFORTH[len(outs)]
         x, denoised = yield _plms_move(start, terms, coefs, (s_from, s_to, sig[c + 1]), v_pred, tmp)
