@@ -94,10 +94,10 @@ def first_step(step_index: np.ndarray | None) -> int:
     return 0 if step_index is None or len(step_index) == 0 else int(step_index[0])
 
 
-
 def noise_term(
     noise_coef: float, noise_sampler: NoiseSampler, sigmas: np.ndarray, i: int
 ) -> list[tuple[float, np.ndarray]]:
+    """Step i's noise as a ``lincomb`` term; none (and no draw) for a deterministic step."""
     if noise_coef == 0.0:
         return []
     return [(noise_coef, noise_sampler(float(sigmas[i]), float(sigmas[i + 1])))]
