@@ -90,5 +90,4 @@ register_solver(
     "deis",
     sample_deis,
     _check_deis,
-    vp_scaled=True,
 )

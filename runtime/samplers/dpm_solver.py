@@ -244,7 +244,6 @@ register_solver(
     sample_dpm_solver_multistep,
     _check_multistep,
     stochastic=_sde,
-    vp_scaled=True,
 )
 register_solver(
     "dpmpp_2m_sde",
@@ -253,7 +252,6 @@ register_solver(
     sample_dpm_solver_multistep,
     _check_multistep,
     stochastic=_sde,
-    vp_scaled=True,
     algorithm_type="sde-dpmsolver++",
 )
 register_solver(
@@ -263,7 +261,6 @@ register_solver(
     sample_dpm_solver_multistep,
     _check_multistep,
     stochastic=_sde,
-    vp_scaled=True,
     algorithm_type="sde-dpmsolver++",
     solver_order=3,
 )
@@ -274,5 +271,4 @@ register_solver(
     sample_dpm_solver_singlestep,
     _check_singlestep,
     stochastic=_sde,
-    vp_scaled=True,
 )

@@ -111,3 +111,17 @@ def test_the_underscore_check_can_fail(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("from . import sigma\nfrom .base import _hidden\nsigma._floats([])\n")
     assert _imported_underscore_names(bad) == ["from .base import _hidden", "sigma._floats"]
+
+
+@pytest.mark.parametrize("name", ALL_SAMPLERS)
+def test_every_option_is_one_diffusers_takes(name: str) -> None:
+    """A scheduler's options are its diffusers class's config keys and step() arguments: nothing
+    of the runtime's own plumbing leaks into what a user may set."""
+    import inspect
+
+    from .reference import diffusers_class
+
+    cls = diffusers_class(name)
+    known = set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(cls.step).parameters)
+    extra = set(make_scheduler(name).options) - known
+    assert not extra, f"{name}: options diffusers' {cls.__name__} does not take: {sorted(extra)}"
