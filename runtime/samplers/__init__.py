@@ -12,21 +12,13 @@ Example::
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from . import sigma, vp  # noqa: F401  (register the samplers)
+from . import deis, dpm_solver, sigma, unipc, vp  # noqa: F401  (each registers its samplers)
+from .config import family_defaults, validate_config
 from .names import DEFINING_OPTIONS, DIFFUSERS_CLASSES, FAMILY_OF, aliases, normalize
 from .registry import SPECS
-from .schedule import family_defaults, validate_config
 from .scheduler import Scheduler
-
-for _mod in ("multistep", "unipc"):  # the multistep solvers live in their own module(s)
-    try:
-        importlib.import_module(f"{__name__}.{_mod}")
-    except ModuleNotFoundError as _err:
-        if _err.name != f"{__name__}.{_mod}":
-            raise
 
 _ALIASES: dict[str, tuple[str, str, dict[str, Any]]] = {}
 SAMPLERS: dict[str, str] = {}

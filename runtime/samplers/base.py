@@ -19,24 +19,26 @@ Shape of every sampler::
 
 Rules:
 - ``sigmas`` is the float64 step schedule (``len = steps + 1``, last entry the final sigma,
-  zero or sigma_min).  A sampler that calls the model more than once per step (Heun, DPM2,
-  DPM++ 2S) yields its intermediate samples too; its ``SamplerSpec.plan`` lists the extra
-  calls so that ``Scheduler.timesteps`` is known before the loop runs.
-- After the model call number ``k`` the facade sends ``(x, denoised)`` where ``x`` is the
-  current sample in VE space (the one the model was evaluated at, possibly edited by the
-  caller) and ``denoised`` the data prediction.  The generator yields exactly once per call;
-  the facade stops after the last call and never asks for more.
+  zero or sigma_min).  A sampler that calls the model more than once per step (Heun, DPM2)
+  yields its intermediate samples too; its ``SamplerSpec.plan`` lists the extra calls so that
+  ``Scheduler.timesteps`` is known before the loop runs.
+- After model call ``k`` the facade sends ``(x, denoised)``: ``x`` is the current sample in VE
+  space (the one the model was evaluated at, possibly edited by the caller) and ``denoised`` the
+  data prediction.  The generator yields the VE sample at the next call's sigma, exactly once
+  per call; the facade stops after the last call and never asks for more.  ``denoised`` is a
+  fresh array the generator owns; ``x`` (and a given noise array) may be the caller's, never
+  modified in place.
+- Options reach the generator as keyword arguments, the ones its signature names.  A sampler
+  that takes ``clip`` gets the config's clipping/thresholding (or None) and the unclipped data
+  prediction, for the classes whose step uses both (DDIM, UniPC); every other sampler receives
+  the data prediction already clipped.
 - ``noise_sampler(sigma, sigma_next)`` returns the standard-normal draw for the current step
   (``step(noise=...)`` or the caller's ``numpy.random.Generator``).  Call it at most once per
   model call and only when the step is stochastic, so that tests can feed diffusers' draws.
-- Schedule math in float64; the sample keeps the caller's dtype (cast scalars, not arrays).
+- Schedule math in float64; the sample keeps the caller's dtype.  Scalars in the array
+  arithmetic are Python floats, never numpy float64 scalars: numpy casts a Python float to the
+  array's dtype, while a float64 scalar makes the pass float64.
 - At a zero final sigma return the data prediction (never divide by sigma = 0).
-- Exceptions, each a field of ``SamplerSpec``: ``receives_derivative`` (the ODE derivative in
-  place of the data prediction), ``receives_model_output`` (diffusers' ``(sample, model_output)``
-  in VP terms, VP samples yielded) and ``vp_scaled`` (the VP sample and sqrt(abar) x0, VP samples
-  yielded): each spares the full-array passes that converting at the boundary would cost.
-- Scalars in the array arithmetic are Python floats, never numpy float64 scalars: numpy casts a
-  Python float to the array's dtype, while a float64 scalar makes the pass float64.
 """
 
 from __future__ import annotations
@@ -88,31 +90,13 @@ class SamplerSpec:
     sample: Callable[..., SamplerGen]  # the generator function
     defaults: dict[str, Any] = field(default_factory=dict)  # sampler options and their defaults
     plan: Callable[[BaseSchedule, dict[str, Any]], Plan] | None = None  # None: one call per step
-    stochastic: bool = False
+    # Whether step() draws noise: a bool, or a function of the complete option dict for samplers
+    # whose options decide it (DDIM's eta, Euler's s_churn, the SDE DPM-Solvers).
+    stochastic: bool | Callable[[dict[str, Any]], bool] = False
     # The diffusers class whose config keys, defaults and schedule this sampler follows (a key of
-    # ``schedule.FAMILIES``); None: looked up from the name by the facade.
+    # ``config.FAMILIES``); None: looked up from the name by the facade.
     family: str | None = None
     order: int = 1  # diffusers' ``scheduler.order`` (model calls per step, for img2img slicing)
-    # True: the generator clips/thresholds the data prediction itself and receives the
-    # facade's ``clip`` callable (DDIM derives its noise from the unclipped prediction).
-    clips_itself: bool = False
-    # True: the generator receives ``(x, d)`` with d = (x - denoised) / sigma, the ODE derivative
-    # (the VE noise prediction), instead of ``(x, denoised)``.  For an epsilon model that is the
-    # model output itself, which spares Euler-type samplers four full-array passes per call.
-    # ``d`` may be the caller's array: such a generator never modifies it and copies what it keeps.
-    receives_derivative: bool = False
-    # True (VP samplers whose diffusers step is affine in the sample and the model output: DDIM,
-    # PLMS): the generator receives diffusers' own ``(sample, model_output)`` pair and the
-    # ``prediction_type`` option, and yields the next VP sample.  The VE views then exist only as
-    # float64 coefficients: a step is two or three full-array passes, as in diffusers, instead
-    # of the seven that converting at the boundary costs.
-    receives_model_output: bool = False
-    # True (VP samplers whose step is a fixed linear combination: the DPM-Solver family, DEIS):
-    # the generator receives diffusers' VP sample x and sqrt(abar) * x0 (the data prediction in
-    # VP units, x - sqrt(1 - abar) eps: two passes) and yields the next VP sample.  Reading the
-    # VE views sigma-by-sigma is then a change of the precomputed coefficients rather than two
-    # more full-array passes per call (see ``multistep.vp_step``).
-    vp_scaled: bool = False
 
 
 def to_d(x: np.ndarray, sigma: float, denoised: np.ndarray) -> np.ndarray:
@@ -155,13 +139,3 @@ def get_ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> 
     sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
     return sigma_down, sigma_up
 
-
-def vp_reread(x: np.ndarray, sigma_from: float, sigma_to: float) -> np.ndarray:
-    """The VE view at ``sigma_to`` of the VP sample whose VE view at ``sigma_from`` is ``x``.
-
-    diffusers' DDIM/PNDM step to ``t - T/n`` while the next call may be at another timestep; the
-    public (VP) sample is then simply read at the other noise level.
-    """
-    if sigma_from == sigma_to:
-        return x
-    return x * x.dtype.type(((1.0 + sigma_to**2) / (1.0 + sigma_from**2)) ** 0.5)

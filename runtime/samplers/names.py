@@ -71,7 +71,7 @@ DIFFUSERS_CLASSES: dict[str, str] = {
     "DEISMultistepScheduler": "deis",
 }
 
-# Schedule family of the multistep samplers (registered by multistep.py without one).
+# Schedule family of the exponential-integrator samplers (registered without one).
 FAMILY_OF: dict[str, str] = {
     "unipc": "unipc",
     "dpmpp_2m": "dpm_multistep",

@@ -1,7 +1,7 @@
 """The sampler registry: every sampler module calls ``register`` at import time.
 
-``sdlite.samplers`` imports the sampler modules (``sigma``, ``vp``, ``multistep``) so that
-``SPECS`` is complete before ``make_scheduler`` looks a name up.
+``sdlite.samplers`` imports the sampler modules (``sigma``, ``vp``, ``dpm_solver``, ``deis``,
+``unipc``) so that ``SPECS`` is complete before ``make_scheduler`` looks a name up.
 """
 
 from __future__ import annotations

@@ -11,18 +11,16 @@ import math
 
 import numpy as np
 
-from .base import BaseSchedule, NoiseSampler, Plan, SamplerGen, SamplerSpec, Scratch, get_ancestral_step
+from .base import BaseSchedule, NoiseSampler, Plan, SamplerGen, SamplerSpec, Scratch, get_ancestral_step, to_d
 from .registry import register
-from .schedule import log_train_sigmas, sigma_to_t
+from .training import log_train_sigmas, sigma_to_t
 
 # Step sizes are plain Python floats throughout: numpy casts a Python float to the array's dtype
-# (float16/float32 samples stay so), while a numpy float64 scalar would upcast the whole pass to
-# float64, and converting each scalar to the sample's dtype costs more than half a microsecond
-# per term, which adds up next to a ~5 us pass over a 512 px latent.
+# (float16/float32 samples stay so), while a numpy float64 scalar would upcast the whole pass.
 
 
 def _euler_to(x: np.ndarray, d: np.ndarray, dt: float) -> np.ndarray:
-    """x + d * dt in a new array (``d`` may be the caller's model output: never modified)."""
+    """x + d * dt in a new array."""
     out = d * dt
     out += x
     return out
@@ -32,10 +30,6 @@ def _floats(sigmas: np.ndarray) -> list[tuple[float, float]]:
     """(sigma, sigma_next) of each step as Python floats."""
     s = np.asarray(sigmas, dtype=np.float64).tolist()
     return list(zip(s[:-1], s[1:], strict=True))
-
-
-# These generators receive the derivative d = (x - denoised) / sigma (``receives_derivative``),
-# which for an epsilon model is the model output itself: each step is then one or two passes.
 
 
 def sample_euler(
@@ -55,15 +49,14 @@ def sample_euler(
         sigma_hat = sigma * (gamma + 1)
         churn = s_noise * (sigma_hat**2 - sigma**2) ** 0.5 if gamma > 0 else None
         steps.append((sigma, sigma_next, churn, sigma_next - sigma_hat))
-    x, d = yield None
+    x, denoised = yield None
     for sigma, sigma_next, churn, dt in steps:
+        d = to_d(x, sigma, denoised)
         if churn is not None:
-            # As diffusers: the churn noise is added after the model call, and the epsilon the model
-            # gave at sigma is reused at sigma_hat.
+            # As diffusers: the churn noise is added after the model call, and the derivative
+            # the model gave at sigma is reused at sigma_hat.
             x = x + noise_sampler(sigma, sigma_next) * churn
-        out = d * dt
-        out += x
-        x, d = yield out
+        x, denoised = yield _euler_to(x, d, dt)
 
 
 def _euler_plan(base: BaseSchedule, options: dict) -> Plan:
@@ -73,30 +66,28 @@ def _euler_plan(base: BaseSchedule, options: dict) -> Plan:
 def sample_euler_ancestral(sigmas: np.ndarray, noise_sampler: NoiseSampler, eta: float = 1.0) -> SamplerGen:
     steps = [(s, s_next, *get_ancestral_step(s, s_next, eta)) for s, s_next in _floats(sigmas)]
     tmp = Scratch()
-    x, d = yield None
+    x, denoised = yield None
     for sigma, sigma_next, sigma_down, sigma_up in steps:
-        x = _euler_to(x, d, sigma_down - sigma)
+        x = _euler_to(x, to_d(x, sigma, denoised), sigma_down - sigma)
         if sigma_up > 0:
             tmp.add_scaled(x, noise_sampler(sigma, sigma_next), sigma_up)
-        x, d = yield x
+        x, denoised = yield x
 
 
 def sample_heun(sigmas: np.ndarray, noise_sampler: NoiseSampler) -> SamplerGen:
-    # Written as x_mid = x + h d, predictor x_mid + h d, corrector x_mid + h d_2 with h = dt / 2:
-    # five full-array passes a step, where diffusers' (x + dt (d + d_2) / 2) order takes six plus
-    # a copy of the first output.
-    steps = [(s_next == 0.0, 0.5 * (s_next - s)) for s, s_next in _floats(sigmas)]
+    # x + dt (d + d_2) / 2 written as mid + h d_2 with mid = x + h d and h = dt / 2, the
+    # predictor x + dt d being mid + h d.
     tmp = Scratch()
-    x, d = yield None
-    for to_zero, h in steps:
-        if to_zero:  # the last step is Euler: no model call at sigma = 0
-            x, d = yield _euler_to(x, d, 2.0 * h)
+    x, denoised = yield None
+    for sigma, sigma_next in _floats(sigmas):
+        d = to_d(x, sigma, denoised)
+        if sigma_next == 0:  # the last step is Euler: no model call at sigma = 0
+            x, denoised = yield _euler_to(x, d, sigma_next - sigma)
             continue
-        pred = d * h
-        mid = x + pred  # kept for the corrector: never handed out before it
-        pred += mid
-        x, d_2 = yield pred
-        x, d = yield tmp.add_scaled(mid, d_2, h)
+        h = 0.5 * (sigma_next - sigma)
+        mid = _euler_to(x, d, h)  # kept for the corrector: never handed out before it
+        x, denoised = yield _euler_to(mid, d, h)
+        x, denoised = yield tmp.add_scaled(mid, to_d(x, sigma_next, denoised), h)
 
 
 def _heun_plan(base: BaseSchedule, options: dict) -> Plan:
@@ -140,30 +131,32 @@ def _dpm2_steps(sigmas: np.ndarray, eta: float) -> list[tuple[float, float, floa
 
 def sample_dpm_2(sigmas: np.ndarray, noise_sampler: NoiseSampler) -> SamplerGen:
     steps = _dpm2_steps(sigmas, 0.0)
-    x, d = yield None
+    x, denoised = yield None
     for sigma, sigma_next, _, _, sigma_mid in steps:
+        d = to_d(x, sigma, denoised)
         if sigma_next == 0:  # last step: Euler, no model call at sigma = 0
-            x, d = yield _euler_to(x, d, sigma_next - sigma)
+            x, denoised = yield _euler_to(x, d, sigma_next - sigma)
             continue
         x_start = x
-        x, d_2 = yield _euler_to(x, d, sigma_mid - sigma)
-        x, d = yield _euler_to(x_start, d_2, sigma_next - sigma)
+        x, denoised = yield _euler_to(x, d, sigma_mid - sigma)
+        x, denoised = yield _euler_to(x_start, to_d(x, sigma_mid, denoised), sigma_next - sigma)
 
 
 def sample_dpm_2_ancestral(sigmas: np.ndarray, noise_sampler: NoiseSampler, eta: float = 1.0) -> SamplerGen:
     steps = _dpm2_steps(sigmas, eta)
     tmp = Scratch()
-    x, d = yield None
+    x, denoised = yield None
     for sigma, sigma_next, sigma_down, sigma_up, sigma_mid in steps:
+        d = to_d(x, sigma, denoised)
         if sigma_down == 0:  # last step: Euler, no model call at sigma = 0
-            x, d = yield _euler_to(x, d, sigma_down - sigma)
+            x, denoised = yield _euler_to(x, d, sigma_down - sigma)
             continue
         x_start = x
-        x, d_2 = yield _euler_to(x, d, sigma_mid - sigma)
-        x = _euler_to(x_start, d_2, sigma_down - sigma)
+        x, denoised = yield _euler_to(x, d, sigma_mid - sigma)
+        x = _euler_to(x_start, to_d(x, sigma_mid, denoised), sigma_down - sigma)
         if sigma_up > 0:
             tmp.add_scaled(x, noise_sampler(sigma, sigma_next), sigma_up)
-        x, d = yield x
+        x, denoised = yield x
 
 
 def _two_call_plan(base: BaseSchedule, mids: np.ndarray) -> Plan:
@@ -230,10 +223,10 @@ def sample_lms(
     so its first step integrates a higher-order Lagrange basis over the earlier sigmas and keeps
     only the newest derivative's weight."""
     tmp = Scratch()
-    x, d = yield None
+    x, denoised = yield None
     ds: list[np.ndarray] = []
     for i in range(len(sigmas) - 1):
-        ds.append(d.copy())  # kept across calls: not the caller's array
+        ds.append(to_d(x, float(sigmas[i]), denoised))
         if len(ds) > order:
             ds.pop(0)
         if step_index is not None and all_sigmas is not None:
@@ -248,7 +241,7 @@ def sample_lms(
             else:
                 tmp.add_scaled(step, d_j, c)
         step += x
-        x, d = yield step
+        x, denoised = yield step
 
 
 def _lms_plan(base: BaseSchedule, options: dict) -> Plan:
@@ -265,7 +258,7 @@ for _spec in (
         defaults={"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0},
         plan=_euler_plan,
         family="euler",
-        receives_derivative=True,
+        stochastic=lambda o: o["s_churn"] > 0,
     ),
     SamplerSpec(
         "euler_a",
@@ -273,7 +266,6 @@ for _spec in (
         "ve",
         sample_euler_ancestral,
         family="euler_a",
-        receives_derivative=True,
         stochastic=True,
     ),
     SamplerSpec(
@@ -283,7 +275,6 @@ for _spec in (
         sample_heun,
         plan=_heun_plan,
         family="heun",
-        receives_derivative=True,
         order=2,
     ),
     SamplerSpec(
@@ -293,7 +284,6 @@ for _spec in (
         sample_dpm_2,
         plan=_dpm2_plan,
         family="kdpm2",
-        receives_derivative=True,
         order=2,
     ),
     SamplerSpec(
@@ -303,7 +293,6 @@ for _spec in (
         sample_dpm_2_ancestral,
         plan=_dpm2_ancestral_plan,
         family="kdpm2_a",
-        receives_derivative=True,
         order=2,
         stochastic=True,
     ),
@@ -315,7 +304,6 @@ for _spec in (
         defaults={"order": 4},
         plan=_lms_plan,
         family="lms",
-        receives_derivative=True,
     ),
 ):
     register(_spec)

@@ -1,7 +1,7 @@
 """UniPC (UniPCMultistepScheduler): a multistep UniP predictor and, at the next model call, the
 UniC corrector that reuses that call's output, so it costs no extra model evaluation.
 
-Same construction as the DPM-Solver family in ``multistep.py``: every predictor and corrector is
+Same construction as the DPM-Solver family (``integrators.py``): every predictor and corrector is
 a linear combination of the sample and the stored outputs whose coefficients depend only on the
 sigma schedule, computed in float64 before the first call.
 """
@@ -15,15 +15,15 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .base import NoiseSampler, SamplerGen, Scratch
-from .multistep import ORDERS, Step, _choice, _eps, _lambdas, _lincomb, _offset, _spec, _special_step
+from .base import NoiseSampler, SamplerGen, Scratch, to_d
+from .integrators import ORDERS, Step, choice, first_step, lambdas, lincomb, register_solver, special_step
 
 UNIPC_SOLVER_TYPES = ("bh1", "bh2")
 
 
 def _check(solver_order: int, solver_type: str, disable_corrector: Sequence[int]) -> None:
-    _choice("solver_order", solver_order, ORDERS)
-    _choice("solver_type", solver_type, UNIPC_SOLVER_TYPES)
+    choice("solver_order", solver_order, ORDERS)
+    choice("solver_type", solver_type, UNIPC_SOLVER_TYPES)
     ok = isinstance(disable_corrector, (list, tuple)) and all(
         isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in disable_corrector
     )
@@ -57,7 +57,7 @@ def _unipc_step(
     """
     s_s, s_t = float(sigmas[s]), float(sigmas[s + 1])
     # at sigma = 0 diffusers divides by B(h) = -inf (bh1) or by r_k = 0 (orders >= 2): NaN or inf
-    special = _special_step(predict_x0, s_s, s_t)
+    special = special_step(predict_x0, s_s, s_t)
     if special:
         return special
     h = lam[s + 1] - lam[s]
@@ -100,7 +100,7 @@ def _coefficients(
     """Every predictor and corrector of a run; cached, as a pipeline repeats the same schedule."""
     n = len(sigmas) - 1
     sig = np.asarray(sigmas)
-    lam = _lambdas(sig)
+    lam = lambdas(sig)
     # warm-up counts from this run's first step; disable_corrector holds global step indices
     orders = [min(solver_order, n - i if lower_order_final else solver_order, i + 1) for i in range(n)]
     predictors = [_unipc_step(lam, sig, i, orders[i], predict_x0, bh1, False) for i in range(n)]
@@ -139,7 +139,7 @@ def sample_unipc(
         predict_x0,
         tuple(int(k) for k in disable_corrector),
         lower_order_final,
-        _offset(step_index),
+        first_step(step_index),
     )
     n = len(predictors)
 
@@ -149,22 +149,21 @@ def sample_unipc(
     last = x
     for i in range(n):
         if not predict_x0:
-            outputs.appendleft(_eps(x, denoised, sigmas[i]))
+            outputs.appendleft(to_d(x, float(sigmas[i]), denoised))
         else:
             outputs.appendleft(clip(denoised) if clip is not None else denoised)
         if correctors[i] is not None:
             a, weights, _ = correctors[i]
-            x = _lincomb([(a, last), *zip(weights, outputs, strict=False)], tmp)
+            x = lincomb([(a, last), *zip(weights, outputs, strict=False)], tmp)
         last = x
         a, weights, _ = predictors[i]
-        x, denoised = yield _lincomb([(a, x), *zip(weights, outputs, strict=False)], tmp)
+        x, denoised = yield lincomb([(a, x), *zip(weights, outputs, strict=False)], tmp)
 
 
-_spec(
+register_solver(
     "unipc",
     "UniPC: multistep predictor-corrector, 2nd order by default (UniPCMultistepScheduler)",
     "unipc",
     sample_unipc,
     lambda o: _check(o["solver_order"], o["solver_type"], o["disable_corrector"]),
-    clips_itself=True,
 )

@@ -3,7 +3,7 @@
 They are written in VE space like every other sampler; the facade converts at the boundary.
 diffusers' DDIM and PNDM step from timestep ``t`` to ``t - T // n``, which need not be the next
 call's timestep (linspace/trailing spacing); the step then lands on one noise level and the
-next call reads the same VP sample at another, which ``vp_reread`` reproduces.
+next call reads the same VP sample at another: ``_reread`` is the factor between the two views.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .base import BaseSchedule, NoiseSampler, Plan, SamplerGen, SamplerSpec, Scratch
+from .base import BaseSchedule, NoiseSampler, Plan, SamplerGen, SamplerSpec, Scratch, to_d
 from .registry import register
 
 
@@ -34,66 +34,102 @@ def _stride_targets(base: BaseSchedule, timesteps: np.ndarray, n: int) -> np.nda
     return np.where(prev >= 0, train[np.maximum(prev, 0)], base.sigmas[-1])
 
 
-def _vp_coefficients(prediction_type: str, sigma: float) -> tuple[float, float, float, float]:
-    """(ax, am, ex, em): x0 = ax x + am m and eps = ex x + em m for the VP sample x and the
-    model output m at VE sigma ``sigma`` (sqrt(abar) = 1 / sqrt(1 + sigma^2))."""
-    s0 = 1.0 / math.sqrt(1.0 + sigma**2)
-    s1 = sigma * s0
-    if prediction_type == "epsilon":
-        return 1.0 / s0, -s1 / s0, 0.0, 1.0
-    if prediction_type == "v_prediction":
-        return s0, -s1, s1, s0
-    return 0.0, 1.0, 1.0 / s1, -s0 / s1  # "sample"
+def _reread(sigma_from: float, sigma_to: float) -> float:
+    """x_to / x_from for the VE views of one VP sample at two noise levels."""
+    return ((1.0 + sigma_to**2) / (1.0 + sigma_from**2)) ** 0.5
 
 
 def sample_ddim(
     sigmas: np.ndarray,
     noise_sampler: NoiseSampler,
     sigmas_to: np.ndarray,
-    prediction_type: str = "epsilon",
     clip: Callable[[np.ndarray], np.ndarray] | None = None,
     eta: float = 0.0,
     use_clipped_model_output: bool = False,
 ) -> SamplerGen:
-    """DDIMScheduler on the VP sample (``receives_model_output``): from the call's noise level to
-    that of ``t - T // n`` (``sigmas_to``), prev = sqrt(abar') x0 + sqrt(1 - abar' - std^2) eps +
-    std noise, where sqrt(abar') = k = 1 / sqrt(1 + sigma_to^2) and the eta-scaled std is
-    exactly k times the ancestral sigma_up of sigma -> sigma_to."""
+    """DDIMScheduler: from the call's sigma to that of ``t - T // n`` (``sigmas_to``),
+    x0 + sigma_down eps + sigma_up noise, DDIM's eta-scaled variance being exactly the ancestral
+    split of sigma -> sigma_to; the result is read at the next call's sigma."""
     tmp = Scratch()
     sig, sig_to = _floats(sigmas), _floats(sigmas_to)
-    x, m = yield None
+    x, denoised = yield None
     for i in range(len(sig) - 1):
         sigma, sigma_to = sig[i], sig_to[i]
         sigma_up = eta * (sigma_to**2 * (sigma**2 - sigma_to**2) / sigma**2) ** 0.5 if eta else 0.0
         sigma_down = max(sigma_to**2 - sigma_up**2, 0.0) ** 0.5
-        k = 1.0 / math.sqrt(1.0 + sigma_to**2)
-        ax, am, ex, em = _vp_coefficients(prediction_type, sigma)
+        reread = _reread(sigma_to, sig[i + 1])
         if clip is None:
-            # Unclipped, the step is affine in (x, m): two scaled passes and an add.
-            x_next = x * (k * ax + k * sigma_down * ex)
-            tmp.add_scaled(x_next, m, k * am + k * sigma_down * em)
+            # denoised + sigma_down * (x - denoised) / sigma as one weighted sum: no cancellation
+            # at a zero-SNR sigma of 1e10.
+            w = sigma_down / sigma
+            x_next = tmp.add_scaled(denoised * ((1.0 - w) * reread), x, w * reread)
         else:
             # diffusers keeps the model's own epsilon even when it clips the data prediction.
-            x0 = x * ax
-            x0 += m * am
-            eps = x * ex
-            eps += m * em
-            x0 = clip(x0)
-            if use_clipped_model_output:  # eps = (x - sqrt(abar) x0) / sqrt(1 - abar)
-                s0 = 1.0 / math.sqrt(1.0 + sigma**2)
-                eps = x * (1.0 / (sigma * s0))
-                eps -= x0 * (1.0 / sigma)
-            eps *= k * sigma_down
-            eps += x0 * k
-            x_next = eps
+            eps = to_d(x, sigma, denoised)
+            denoised = clip(denoised)
+            if use_clipped_model_output:
+                eps = to_d(x, sigma, denoised)
+            eps *= sigma_down * reread  # a fresh array from to_d: scaled in place
+            x_next = tmp.add_scaled(eps, denoised, reread)
         if sigma_up > 0:
-            tmp.add_scaled(x_next, noise_sampler(sigma, sigma_to), k * sigma_up)
-        x, m = yield x_next
+            tmp.add_scaled(x_next, noise_sampler(sigma, sigma_to), sigma_up * reread)
+        x, denoised = yield x_next
 
 
 def _ddim_plan(base: BaseSchedule, options: dict) -> Plan:
     t = base.timesteps
     return Plan(timesteps=t, sigmas=base.sigmas, extra={"sigmas_to": _stride_targets(base, t, len(t))})
+
+
+def _plms_output(x: np.ndarray, denoised: np.ndarray, sigma: float, v_pred: bool) -> np.ndarray:
+    """The model output PNDM combines: epsilon (a "sample" model's too), or v for v models."""
+    eps = to_d(x, sigma, denoised)
+    if not v_pred:
+        return eps
+    c = math.sqrt(1.0 + sigma**2)  # v = sqrt(1 + s^2) eps - s x / sqrt(1 + s^2)
+    eps *= c
+    eps -= x * (sigma / c)
+    return eps
+
+
+def _rk_terms(stage: int, out: np.ndarray, rk_sum: list[tuple[float, np.ndarray]]) -> tuple[list, list]:
+    """(outputs, weights) of Runge-Kutta-4 stage ``stage``: stages 0-2 step with their own output,
+    the last with 1/6, 1/3, 1/3, 1/6 of all four, which ``rk_sum`` (the step's) collects."""
+    if stage == 0:
+        rk_sum[:] = [(1 / 6, out)]
+    elif stage < 3:
+        rk_sum.append((1 / 3, out))
+    else:
+        return [o for _, o in rk_sum] + [out], [w for w, _ in rk_sum] + [1 / 6]
+    return [out], [1.0]
+
+
+def _plms_move(
+    start: tuple[np.ndarray, float],
+    terms: list[np.ndarray],
+    coefs: list[float] | tuple[float, ...],
+    levels: tuple[float, float, float],
+    v_pred: bool,
+    tmp: Scratch,
+) -> np.ndarray:
+    """PNDM's ``_get_prev_sample`` from the VE sample ``start = (x, its sigma)`` with the
+    combined output sum(coefs * terms), over ``levels = (s_from, s_to, s_next)``.
+
+    x_to = base + (s_to - s_from) eps with base the VE view at s_from, eps the combined output
+    for epsilon models and v / sqrt(1 + s_from^2) + s_from base / (1 + s_from^2) for v models (v
+    turned into epsilon only after combining, as diffusers does); then read at s_next.
+    """
+    (x, sigma), (s_from, s_to, s_next) = start, levels
+    dt, k = s_to - s_from, _reread(s_to, s_next)
+    base_k = k * _reread(sigma, s_from)
+    scale = dt * k
+    if v_pred:
+        base_k *= 1.0 + dt * s_from / (1.0 + s_from**2)
+        scale /= math.sqrt(1.0 + s_from**2)
+    x_next = x * base_k
+    for coef, term in zip(coefs, terms, strict=True):
+        tmp.add_scaled(x_next, term, coef * scale)
+    return x_next
 
 
 def sample_plms(
@@ -106,116 +142,46 @@ def sample_plms(
     prediction_type: str = "epsilon",
     prk_half: int = 0,
 ) -> SamplerGen:
-    """Pseudo numerical methods (PNDMScheduler) on the VP sample (``receives_model_output``):
-    Adams-Bashforth on the model output.
+    """Pseudo numerical methods (PNDMScheduler): Adams-Bashforth on the model output.
 
     With ``skip_prk_steps`` (PLMS, ``prk_half == 0``): call 0 takes a DDIM step from t to
     t - stride; call 1 (at the next timestep, repeated in the schedule) redoes that step from
     the first sample with the mean of both outputs; later calls use the 2-, 3- and 4-step
     Adams-Bashforth combinations of the stored outputs.  Otherwise the first 12 calls are three
     Runge-Kutta-4 steps of DDIM form over t -> t - prk_half -> t - 2 prk_half, whose first
-    outputs seed the 4-step combination.  As in diffusers, the raw outputs (epsilon or v) are
-    combined and a combined v is turned into epsilon only afterwards, with the step's sample.
+    outputs seed the 4-step combination.
     """
 
     def sigma_of(t: int) -> float:
         return float(train_sigmas[t]) if t >= 0 else final_sigma
 
-    v_pred = prediction_type == "v_prediction"
-    as_sample = prediction_type == "sample"  # not in diffusers: its epsilon, (x - s0 x0) / s1
-    n_rk = 12 if prk_half else 0
-    n_calls = len(sigmas) - 1
-
-    def coefficients(s_from: float, s_to: float) -> tuple[float, float]:
-        """(base, output) coefficients on the VP sample: x_next = base_k * base + out_k * sum.
-
-        In VE terms x_next = base + (s_to - s_from) * eps, with eps = sum(coefs * outs) for
-        epsilon models and eps = (sum(coefs * v) + s_from * base) / sqrt(1 + s_from^2) for v
-        models, base being the VP sample's VE view at s_from.  On the VP sample: the VE view at
-        s_from is base * sqrt(1 + s_from^2), the result is read back by 1 / sqrt(1 + s_to^2)."""
-        dt, c_from, k = s_to - s_from, math.sqrt(1 + s_from**2), 1.0 / math.sqrt(1 + s_to**2)
-        scale = dt / c_from if v_pred else dt
-        base_coef = 1 + (dt * s_from / (1 + s_from**2) if v_pred else 0.0)
-        return base_coef * c_from * k, scale * k
-
-    # The last four outputs live as rows of one array, the Adams-Bashforth sum being one
-    # matrix-vector product instead of four scaled passes and four adds.  Which row each call
-    # writes, and the weights per row, depend on the call index only: computed once here, the
-    # per-call Python work stays small next to the array passes (a step is ~50 us at 512 px).
-    adams_rows: dict[int, tuple[int, np.ndarray, float]] = {}
-    slots: list[int] = list(range(3)) if n_rk else []  # the warm-up seeds three rows
-    for c in range(n_calls):
-        if c < n_rk or (c == 1 and not n_rk):
-            continue
-        row = slots.pop(0) if len(slots) == 4 else len(slots)
-        slots.append(row)
-        base_k, out_k = coefficients(float(sigmas[c]), sigma_of(int(timesteps[c]) - stride))
-        weights = np.zeros(4)
-        for coef, r in zip(_ADAMS_BASHFORTH[len(slots)], reversed(slots), strict=True):
-            weights[r] = coef * out_k
-        adams_rows[c] = (row, weights, base_k)
-    first_row = adams_rows[0][0] if 0 in adams_rows else 0  # where PLMS call 1 finds call 0's output
-
+    v_pred, n_rk, sig = prediction_type == "v_prediction", 12 if prk_half else 0, _floats(sigmas)
     tmp = Scratch()
-    x, m = yield None
-    ring: np.ndarray | None = None
-    flat: np.ndarray | None = None
-    rk_outs: list[np.ndarray] = []  # the Runge-Kutta warm-up's outputs
-    first_x = x
+    outs: list[np.ndarray] = []
     rk_sum: list[tuple[float, np.ndarray]] = []
-    for c in range(n_calls):
-        adams = adams_rows.get(c)
-        if adams is not None:
-            if ring is None:
-                ring = np.zeros((4, *x.shape), dtype=x.dtype)
-                flat = ring.reshape(4, -1)
-                for j, o in enumerate(rk_outs):
-                    ring[j] = o
-                # The weights in the sample's dtype, once: np.dot would otherwise upcast.
-                adams_rows = {k: (r, w.astype(x.dtype), b) for k, (r, w, b) in adams_rows.items()}
-                adams = adams_rows[c]
-            out = ring[adams[0]]
-        else:
-            out = np.empty_like(x)
-        # kept across calls, so never the caller's array
-        if as_sample:
-            sigma = float(sigmas[c])
-            np.multiply(x, math.sqrt(1 + sigma**2) / sigma, out=out)
-            out -= m * (1 / sigma)
-        else:
-            np.copyto(out, m)
-        if adams is not None:
-            assert flat is not None
-            if c == 0:
-                first_x = x
-            x_next = np.dot(adams[1], flat).reshape(x.shape)
-            tmp.add_scaled(x_next, x, adams[2])
-            x, m = yield x_next
-            continue
-        t = int(timesteps[c])
+    x, denoised = yield None
+    first = (x, sig[0])  # where the current Runge-Kutta step (or PLMS's first step) started
+    for c in range(len(sig) - 1):
+        t, sigma = int(timesteps[c]), sig[c]
+        out = _plms_output(x, denoised, sigma, v_pred)
         if c < n_rk:  # Runge-Kutta warm-up: every stage restarts from the step's first sample
             stage = c % 4
-            start = int(timesteps[c - stage])
             if stage == 0:
-                rk_outs.append(out)
-                first_x = x
-                rk_sum = [(1 / 6, out)]
-                terms, coefs = [out], [1.0]
-            elif stage < 3:
-                rk_sum.append((1 / 3, out))
-                terms, coefs = [out], [1.0]
-            else:
-                coefs, terms = [w for w, _ in rk_sum] + [1 / 6], [o for _, o in rk_sum] + [out]
-            s_from, s_to = sigma_of(start), sigma_of(t - (0 if c % 2 else prk_half))
-        else:  # PLMS call 1: redo call 0's step with the mean of both outputs
-            assert ring is not None
-            s_from, s_to = sigma_of(t + stride), sigma_of(t)
-            terms, coefs = [out, ring[first_row]], [0.5, 0.5]
-        base_k, out_k = coefficients(s_from, s_to)
-        x_next = first_x * base_k
-        for coef, term in zip(coefs, terms, strict=True):
-            tmp.add_scaled(x_next, term, coef * out_k)
-        x, m = yield x_next
+                outs.append(out)
+                first = (x, sigma)
+            terms, coefs = _rk_terms(stage, out, rk_sum)
+            s_from, start = sigma_of(int(timesteps[c - stage])), first
+            s_to = sigma_of(t if c % 2 else t - prk_half)
+        elif c == 1 and not n_rk:  # PLMS call 1: redo call 0's step with the mean of both outputs
+            s_from, s_to, start = sigma_of(t + stride), sigma_of(t), first
+            terms, coefs = [out, outs[-1]], [0.5, 0.5]
+        else:
+            outs = outs[-3:] + [out]
+            if c == 0:
+                first = (x, sigma)
+            s_from, s_to, start = sigma, sigma_of(t - stride), (x, sigma)
+            terms, coefs = outs[::-1], _ADAMS_BASHFORTH[len(outs)]
+        x, denoised = yield _plms_move(start, terms, coefs, (s_from, s_to, sig[c + 1]), v_pred, tmp)
 
 
 _ADAMS_BASHFORTH = {
@@ -239,47 +205,29 @@ def _plms_plan(base: BaseSchedule, options: dict) -> Plan:
         "stride": n_train // n,
         "train_sigmas": _train_sigmas(base),
         "final_sigma": float(base.sigmas[-1]),
-        "prediction_type": options["prediction_type"],
         "prk_half": prk_half,
     }
     return Plan(timesteps=base.timesteps, sigmas=base.sigmas, extra=extra)
 
 
 def sample_lcm(
-    sigmas: np.ndarray,
-    noise_sampler: NoiseSampler,
-    timesteps: np.ndarray,
-    timestep_scaling: float = 10.0,
-    prediction_type: str = "epsilon",
-    clip: Callable[[np.ndarray], np.ndarray] | None = None,
+    sigmas: np.ndarray, noise_sampler: NoiseSampler, timesteps: np.ndarray, timestep_scaling: float = 10.0
 ) -> SamplerGen:
-    """Latent consistency sampling (LCMScheduler) on the VP sample (``receives_model_output``):
-    denoised = c_skip x + c_out x0 with the boundary-condition scalings, then re-noised to the
-    next call's level, sqrt(abar') denoised + sqrt(1 - abar') noise (no noise after the last)."""
+    """Latent consistency sampling (LCMScheduler): denoise with the boundary-condition scalings,
+    then re-noise to the next call's level with fresh noise (none after the last call)."""
     tmp = Scratch()
     sig = _floats(sigmas)
-    x, m = yield None
+    x, denoised = yield None
     for i in range(len(sig) - 1):
         sigma = sig[i]
         scaled_t = float(timesteps[i]) * timestep_scaling
         c_skip = 0.25 / (scaled_t**2 + 0.25)  # sigma_data = 0.5
         c_out = scaled_t / (scaled_t**2 + 0.25) ** 0.5
-        ax, am, _, _ = _vp_coefficients(prediction_type, sigma)
-        last = i == len(sig) - 2
-        # Re-noising scales denoised by k = sqrt(abar'); folded into the coefficients.
-        k = 1.0 if last else 1.0 / math.sqrt(1.0 + sig[i + 1] ** 2)
-        if clip is None:  # affine in (x, m): two scaled passes and an add
-            x_next = x * (k * (c_out * ax + c_skip))
-            tmp.add_scaled(x_next, m, k * c_out * am)
-        else:
-            x0 = x * ax
-            x0 += m * am
-            x_next = clip(x0)
-            x_next *= k * c_out
-            x_next += x * (k * c_skip)
-        if not last:
-            tmp.add_scaled(x_next, noise_sampler(sigma, sig[i + 1]), k * sig[i + 1])
-        x, m = yield x_next
+        # c_skip multiplies diffusers' VP sample, x / sqrt(1 + sigma^2) in VE terms.
+        x = tmp.add_scaled(denoised * c_out, x, c_skip / math.sqrt(1.0 + sigma**2))
+        if i < len(sig) - 2:
+            tmp.add_scaled(x, noise_sampler(sigma, sig[i + 1]), sig[i + 1])
+        x, denoised = yield x
 
 
 def _lcm_plan(base: BaseSchedule, options: dict) -> Plan:
@@ -297,9 +245,7 @@ for _spec in (
         defaults={"eta": 0.0, "use_clipped_model_output": False},
         plan=_ddim_plan,
         family="ddim",
-        stochastic=True,
-        clips_itself=True,
-        receives_model_output=True,
+        stochastic=lambda o: o["eta"] > 0,
     ),
     SamplerSpec(
         "pndm",
@@ -309,7 +255,6 @@ for _spec in (
         defaults={"skip_prk_steps": True},
         plan=_plms_plan,
         family="pndm",
-        receives_model_output=True,
     ),
     SamplerSpec(
         "lcm",
@@ -319,8 +264,6 @@ for _spec in (
         plan=_lcm_plan,
         family="lcm",
         stochastic=True,
-        clips_itself=True,
-        receives_model_output=True,
     ),
 ):
     register(_spec)
