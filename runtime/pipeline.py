@@ -70,10 +70,7 @@ class PipelineOutput:
 
 def is_stochastic(scheduler: Any) -> bool:
     """Whether ``step`` takes fresh noise (the one place that asks the sampler)."""
-    stochastic = getattr(scheduler, "stochastic", None)
-    if stochastic is None:  # samplers without the property: their spec says
-        stochastic = getattr(getattr(scheduler, "spec", None), "stochastic", True)
-    return bool(stochastic)
+    return bool(scheduler.stochastic)
 
 
 class Pipeline:
