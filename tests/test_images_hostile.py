@@ -98,6 +98,19 @@ def test_huge_headers_are_refused_before_decoding(width, height, depth_color):
 
 
 @PROPERTY
+@given(st.integers(1, 65535), st.integers(1, 65535))
+def test_huge_jpeg_frame_headers_are_refused_before_decoding(width, height):
+    raw = bytearray(VALID["JPEG"])
+    sof = raw.index(b"\xff\xc0")  # baseline frame header: length, precision, height, width
+    raw[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    im = _read(bytes(raw))
+    if width * height > BUDGET:
+        assert im is None
+        with pytest.raises(ValueError, match="at most"):
+            images.read_image(bytes(raw), "init", BUDGET)
+
+
+@PROPERTY
 @given(st.sampled_from(["TIFF", "BMP", "GIF", "ICO", "PPM", "TGA", "PCX"]), st.integers(1, 64))
 def test_other_formats_are_refused_by_name(fmt, side):
     data = _encoded(fmt, (side, side))
