@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +26,136 @@ def to_pil(images: np.ndarray) -> list[Image.Image]:
     return [Image.fromarray(im) for im in (images * 255).round().astype(np.uint8)]
 
 
-def load_image(image: Any, argument: str = "image") -> Image.Image:
-    """A PIL image, an [H,W,3]/[H,W] array (uint8, or float in [0,1]) or a file path -> RGB image."""
+# What an input image may be: the formats Stable Diffusion front-ends exchange.  Pillow's other
+# decoders (TIFF, BMP, GIF, EPS through Ghostscript, ...) are attack surface nobody here needs.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+ALLOWED = "a PNG, JPEG or WebP image"
+# The decode budget when the caller gives none (the CLI's --image, the Python API's file paths):
+# the largest output the pipeline makes.  Callers that know the model family pass its own budget.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+def _unreadable(argument: str, source: Any, reason: str) -> ValueError:
+    # The path, when there is one, helps; the decoder's own message may hold object reprs (memory
+    # addresses), so it never reaches the caller.
+    if _is_path(source):
+        return ValueError(f"{argument}: {str(source)!r} is not a readable image file: {reason}")
+    return ValueError(f"{argument} is not a readable image: {reason}")
+
+
+def _is_path(source: Any) -> bool:
+    return isinstance(source, (str, os.PathLike))
+
+
+def open_image(
+    source: bytes | str | os.PathLike, argument: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Open an encoded image (bytes or a file path) by its header only: the format and the size
+    are checked before a single pixel is decoded, so a 10 KB PNG of 9000x9000 costs nothing.
+
+    Raises ValueError naming ``argument`` and what is allowed; never with an object's repr."""
+    fp: Any = source if _is_path(source) else io.BytesIO(bytes(source))
+    must = f"it must be {ALLOWED}"
+    try:
+        im = Image.open(fp, formats=IMAGE_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _unreadable(argument, source, f"{must} of at most {max_pixels} pixels") from None
+    except OSError as err:
+        if _is_path(source) and err.errno is not None:  # the file system, not the data
+            raise _unreadable(argument, source, err.strerror or "cannot open it") from None
+        raise _unreadable(argument, source, must) from None
+    except Exception:  # noqa: BLE001 - a hostile header can raise anything; all mean "not an image"
+        raise _unreadable(argument, source, must) from None
+    width, height = im.size
+    if width < 1 or height < 1 or width * height > max_pixels:
+        im.close()
+        reason = f"{must} of at most {max_pixels} pixels, got {width}x{height}"
+        raise _unreadable(argument, source, reason)
+    return im
+
+
+def decode(im: Image.Image, argument: str = "image", mode: str | None = "RGB") -> Image.Image:
+    """Decode an image from ``open_image`` (and close it): converted to ``mode``, or in its own
+    mode with None.  Corrupt or truncated data is a ValueError naming ``argument``."""
+    kind = im.format or "image"
+    try:
+        with im:
+            im.load()
+            return im.convert(mode) if mode else im.copy()
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - decoders of untrusted data fail in many ways: all mean "corrupt"
+        reason = f"this {kind} data is truncated or corrupt (it must be {ALLOWED})"
+        raise _unreadable(argument, im.filename or b"", reason) from None
+
+
+def read_image(
+    source: bytes | str | os.PathLike,
+    argument: str = "image",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    mode: str | None = "RGB",
+) -> Image.Image:
+    """Encoded bytes or a file path -> decoded image (see ``open_image`` and ``decode``)."""
+    return decode(open_image(source, argument, max_pixels), argument, mode)
+
+
+def base64_bytes(text: str, argument: str = "image") -> bytes:
+    """Base64 text, with or without a ``data:image/...;base64,`` prefix -> bytes."""
+    if not isinstance(text, str):
+        raise ValueError(f"{argument} must be base64 text of {ALLOWED}, got {type(text).__name__}")
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{argument} must be base64 text of {ALLOWED}; it is not valid base64") from None
+
+
+def read_base64_images(texts: Sequence[str], argument: str, max_pixels: int) -> list[Image.Image]:
+    """Base64 images -> RGB images, all of them together within ``max_pixels``.
+
+    Every header is read before anything is decoded, so a request whose images add up to too
+    much is refused without decoding any of them.  Errors are ``ImageInputError`` with ``index``.
+    """
+    opened: list[Image.Image] = []
+    try:
+        for i, text in enumerate(texts):
+            name = f"{argument}[{i}]"
+            try:
+                opened.append(open_image(base64_bytes(text, name), name, max_pixels))
+            except ValueError as err:
+                raise ImageInputError(str(err), i) from None
+        total = sum(im.width * im.height for im in opened)
+        if total > max_pixels:
+            raise ImageInputError(
+                f"{argument} must hold at most {max_pixels} pixels in all, got {total}", None
+            )
+        out = []
+        for i, im in enumerate(opened):
+            try:
+                out.append(decode(im, f"{argument}[{i}]"))
+            except ValueError as err:
+                raise ImageInputError(str(err), i) from None
+        return out
+    finally:
+        for im in opened:
+            im.close()
+
+
+class ImageInputError(ValueError):
+    """A bad image among several: ``index`` says which (None: the set as a whole)."""
+
+    def __init__(self, message: str, index: int | None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def load_image(image: Any, argument: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A PIL image, an [H,W,3]/[H,W] array (uint8, or float in [0,1]) or a file path -> RGB image.
+
+    A file is checked by its header (format, ``max_pixels``) before it is decoded."""
     if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as im:
-                im.load()
-                return im.convert("RGB")
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{argument}: {str(image)!r} is not a readable image file ({err})") from err
+        return read_image(image, argument, max_pixels)
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, np.ndarray):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -57,3 +59,63 @@ def test_load_image_variants(tmp_path):
     (tmp_path / "b.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="image"):
         images.load_image(tmp_path / "b.png")
+
+
+def _header_only_png(width: int, height: int) -> bytes:
+    """A 1-bit PNG that claims ``width`` x ``height`` and holds no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [9000, 12000])  # 12000^2 passes Pillow's own bomb check
+def test_decompression_bombs_are_refused_by_their_header_before_decoding(tmp_path, side):
+    path = tmp_path / "bomb.png"
+    Image.new("1", (side, side)).save(path)  # ~10-20 KB on disk, 81-144 M pixels decoded
+    with pytest.raises(ValueError, match=f"at most {64 * 64} pixels, got {side}x{side}"):
+        images.load_image(path, "--image", max_pixels=64 * 64)
+    with pytest.raises(ValueError, match=f"at most {images.DEFAULT_MAX_PIXELS} pixels"):
+        images.load_image(path, "--image")
+    # No pixel data at all: a size error (not "truncated") shows that nothing was decoded.
+    with pytest.raises(ValueError, match="at most .* pixels") as err:
+        images.read_image(_header_only_png(side, side), "init_images[0]")
+    assert "truncated" not in str(err.value)
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "BMP", "GIF", "EPS"])
+def test_only_png_jpeg_and_webp_are_read(tmp_path, fmt):
+    path = tmp_path / f"x.{fmt.lower()}"
+    if fmt == "EPS":  # what Pillow would hand to Ghostscript
+        path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n%%EOF\n")
+    else:
+        Image.new("RGB", (8, 8), "red").save(path, format=fmt)
+    with pytest.raises(
+        ValueError, match="--image: .* is not a readable image file: it must be a PNG, JPEG or WebP"
+    ):
+        images.load_image(path, "--image")
+    for ok in ("PNG", "JPEG", "WEBP"):
+        Image.new("RGB", (8, 8), "red").save(tmp_path / "ok", format=ok)
+        assert images.load_image(tmp_path / "ok").size == (8, 8)
+
+
+def test_decoder_errors_name_the_field_and_show_no_object_reprs():
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(buf, format="PNG")
+    for data in (b"GIF89a junk", buf.getvalue()[:60], b""):
+        with pytest.raises(ValueError) as err:
+            images.read_image(data, "init_images[2]")
+        text = str(err.value)
+        assert text.startswith("init_images[2] is not a readable image") and "PNG, JPEG or WebP" in text
+        assert "0x" not in text and "BytesIO" not in text
+
+
+def test_keeping_the_mode_for_masks():
+    buf = io.BytesIO()
+    Image.new("L", (8, 4), 200).save(buf, format="PNG")
+    im = images.read_image(buf.getvalue(), "mask_image", mode=None)
+    assert im.mode == "L" and im.size == (8, 4) and im.getpixel((0, 0)) == 200

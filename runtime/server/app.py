@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import io
 import json
 import secrets
@@ -18,18 +17,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, PngImagePlugin
 
+from .. import images
 from ..pipeline import MAX_PIXELS
 from ..samplers import SAMPLERS, make_scheduler
 from ..samplers.names import A1111, normalize
-from .batcher import Batcher, BatchKey, Interrupted, Job, JobResult, QueueFull
-from .guards import ApiKey, BodyLimit
+from .batcher import Batcher, BatchKey, Interrupted, Job, JobResult, QueueFull, TaskIdInUse
+from .guards import guard
 from .metrics import CONTENT_TYPE, Metrics
 from .schemas import A1111Img2Img, A1111Txt2Img, OpenAIImages
 
@@ -49,6 +49,8 @@ class Settings:
     queue: int = 64
     api_key: str | None = None
     max_body_bytes: int = 20 * 2**20
+    body_timeout: float = 30.0  # seconds to receive a request body (slow clients hold a connection)
+    allowed_hosts: tuple[str, ...] | None = None  # None: no Host check; () loopback names only
 
 
 def _invalid(loc: tuple[Any, ...], msg: str, value: Any = None) -> RequestValidationError:
@@ -74,16 +76,13 @@ def _png_b64(image: Image.Image, parameters: str) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _decode_image(text: str, loc: tuple[Any, ...]) -> Image.Image:
-    if text.startswith("data:"):
-        _, _, text = text.partition(",")
+def _decode_images(texts: list[str], field: str, max_pixels: int) -> list[Image.Image]:
+    """Base64 images, refused by their headers (format, size) before any is decoded."""
     try:
-        raw = base64.b64decode(text, validate=True)
-        with Image.open(io.BytesIO(raw)) as im:
-            im.load()
-            return im.convert("RGB")
-    except (binascii.Error, ValueError, OSError) as err:
-        raise _invalid(loc, f"not a base64-encoded image (PNG, JPEG, WebP): {err}", text[:40]) from None
+        return images.read_base64_images(texts, field, max_pixels)
+    except images.ImageInputError as err:
+        loc = (field,) if err.index is None else (field, err.index)
+        raise _invalid(loc, str(err), None if err.index is None else texts[err.index][:40]) from None
 
 
 class Server:
@@ -159,13 +158,18 @@ class Server:
             )
         except Interrupted as err:
             return JSONResponse({"detail": str(err)}, status_code=503)
+        except TaskIdInUse as err:
+            return JSONResponse({"detail": str(err)}, status_code=409)
         waiting = asyncio.wrap_future(job.future)
-        while not waiting.done():
-            await asyncio.wait({waiting}, timeout=POLL_SECONDS)
-            if not waiting.done() and await request.is_disconnected():
+        try:
+            while not waiting.done():
+                await asyncio.wait({waiting}, timeout=POLL_SECONDS)
+                if not waiting.done() and await request.is_disconnected():
+                    self.metrics.cancelled.inc()
+                    return Response(status_code=499)  # nobody reads it; uvicorn needs a response
+        finally:  # however this ends (disconnect, the task cancelled at shutdown), the job goes
+            if not job.future.done():
                 self.batcher.cancel(job)
-                self.metrics.cancelled.inc()
-                return Response(status_code=499)  # nobody reads it; uvicorn needs a response
         try:
             result = waiting.result()
         except Interrupted as err:
@@ -294,7 +298,7 @@ def create_app(pipe: Any, settings: Settings | None = None) -> Any:
     async def img2img(request: Request, req: A1111Img2Img) -> Any:
         if pipe.vae_encoder is None:
             raise _invalid(("init_images",), "this model has no VAE encoder: image-to-image is unavailable")
-        init = [_decode_image(text, ("init_images", i)) for i, text in enumerate(req.init_images)]
+        init = await asyncio.to_thread(_decode_images, req.init_images, "init_images", MAX_PIXELS)
         return await a1111(request, req, init, float(req.denoising_strength))
 
     @app.post("/v1/images/generations")
@@ -350,8 +354,17 @@ def create_app(pipe: Any, settings: Settings | None = None) -> Any:
         }
 
     @app.post("/sdapi/v1/interrupt")
-    async def interrupt(id_task: str | None = None) -> Any:
-        return {"interrupted": server.batcher.interrupt(id_task)}
+    async def interrupt(
+        id_task: str | None = None, body: Annotated[dict[str, Any] | None, Body()] = None
+    ) -> Any:
+        # Only the caller's own job, by its id (?id_task= or {"id_task": ...}, the force_task_id
+        # it sent): never everybody's, whatever A1111 does with a bare interrupt.
+        task = id_task if id_task is not None else (body or {}).get("id_task")
+        if not isinstance(task, str) or not task:
+            raise _invalid(
+                ("id_task",), "required: the force_task_id of the request to stop (?id_task= or JSON)", task
+            )
+        return {"interrupted": server.batcher.interrupt(task)}
 
     @app.get("/sdapi/v1/samplers")
     async def samplers() -> Any:
@@ -374,7 +387,7 @@ def create_app(pipe: Any, settings: Settings | None = None) -> Any:
     async def options() -> Any:
         return {"sd_model_checkpoint": server.model_name}  # the one setting clients read
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> Any:
         return {
             "status": "ok",
@@ -395,12 +408,16 @@ def create_app(pipe: Any, settings: Settings | None = None) -> Any:
     async def metrics() -> Response:
         return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
-    guarded: Any = BodyLimit(app, settings.max_body_bytes)
-    if settings.api_key is not None:
-        guarded = ApiKey(guarded, settings.api_key)
+    guarded: Any = guard(
+        app,
+        api_key=settings.api_key,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_timeout,
+        allowed_hosts=settings.allowed_hosts,
+    )
     guarded.server = server  # for tests and embedding
     return guarded

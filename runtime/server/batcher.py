@@ -54,6 +54,13 @@ class Interrupted(Exception):
     """The job was stopped by ``interrupt`` (A1111's POST /sdapi/v1/interrupt), not by its client."""
 
 
+class TaskIdInUse(ValueError):
+    """Another queued or running job already has this task id (A1111's ``force_task_id``)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task id {task_id!r} is already in use by a queued or running job")
+
+
 @dataclass(eq=False)
 class Job:
     key: BatchKey
@@ -98,7 +105,10 @@ class Batcher:
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._running: list[Job] = []
-        self._tasks: dict[str, Job] = {}  # queued and running jobs by task id (progress lookups)
+        # Queued and running jobs by task id (progress and interrupt lookups).  Every way out of the
+        # batcher (done, failed, interrupted or cancelled, queued or running) goes through
+        # _forget, so this never holds more than the queue and one batch.
+        self._tasks: dict[str, Job] = {}
         self._batch_seconds = 0.0  # moving average, for Retry-After
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -117,6 +127,7 @@ class Batcher:
                 job.interrupted = True
                 _fail(job, Interrupted("the server is shutting down"))
             self._queue.clear()
+            self._tasks.clear()
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -127,6 +138,8 @@ class Batcher:
                 raise Interrupted("the server is shutting down")
             if len(self._queue) >= self.queue_size:
                 raise QueueFull(self._retry_after())
+            if job.task_id in self._tasks:
+                raise TaskIdInUse(job.task_id)
             job.enqueued = time.monotonic()
             self._queue.append(job)
             self._tasks[job.task_id] = job
@@ -136,28 +149,36 @@ class Batcher:
         """The client went away: forget the job (its running batch stops if nobody else wants it)."""
         with self._cond:
             job.cancelled = True
-            if job in self._queue:
-                self._queue.remove(job)
-            self._tasks.pop(job.task_id, None)
+            self._forget(job)
             job.future.cancel()
 
-    def interrupt(self, task_id: str | None = None) -> int:
-        """Stop the running batch (or only the job ``task_id``, queued or running); returns how many."""
+    def interrupt(self, task_id: str) -> int:
+        """Stop the job ``task_id``, queued or running (its batch stops if nobody else wants it).
+
+        Only by its id: one client must not be able to stop everybody's work.  Returns 1 or 0."""
         with self._cond:
-            if task_id is None:
-                jobs = [j for j in self._running if j.wanted]
-            else:
-                job = self._tasks.get(task_id)
-                jobs = [job] if job is not None and job.wanted else []
-            for job in jobs:
-                job.interrupted = True
-                if job in self._queue:
-                    self._queue.remove(job)
-                _fail(job, Interrupted("interrupted (POST /sdapi/v1/interrupt)"))
-            return len(jobs)
+            job = self._tasks.get(task_id)
+            if job is None or not job.wanted:
+                return 0
+            job.interrupted = True
+            self._forget(job)
+            _fail(job, Interrupted("interrupted (POST /sdapi/v1/interrupt)"))
+            return 1
 
     def depth(self) -> int:
         return len(self._queue)
+
+    def tasks(self) -> int:
+        """Jobs queued or running: what the task table holds."""
+        with self._cond:
+            return len(self._tasks)
+
+    def _forget(self, job: Job) -> None:
+        """Take ``job`` out of the queue and the task table (the caller holds the lock)."""
+        if job in self._queue:
+            self._queue.remove(job)
+        if self._tasks.get(job.task_id) is job:
+            del self._tasks[job.task_id]
 
     def progress(self, task_id: str | None = None) -> dict[str, Any]:
         """Where a job is: ``state`` queued/running/unknown, ``step``/``total``, jobs ahead of it."""
@@ -193,7 +214,7 @@ class Batcher:
             except Exception as err:  # a bug here must not leave the worker dead and every client waiting
                 with self._cond:
                     for job, _, _ in parts:
-                        self._tasks.pop(job.task_id, None)
+                        self._forget(job)
                         _fail(job, err)
                     self._running = []
 
@@ -261,7 +282,7 @@ class Batcher:
         except Exception as err:  # the whole batch failed: every member hears why
             with self._cond:
                 for job in jobs:
-                    self._tasks.pop(job.task_id, None)
+                    self._forget(job)
                     _fail(job, err)
                 self._running = []
             return
@@ -279,11 +300,12 @@ class Batcher:
                         job._results[i] = (out.images[offset], out.parameters[offset])
                     offset += 1
                 if not job.wanted:
-                    self._tasks.pop(job.task_id, None)
+                    self._forget(job)
                 elif out.cancelled:  # cannot happen while the job is wanted, but never leave it hanging
+                    self._forget(job)
                     _fail(job, Interrupted("the model call was stopped"))
                 elif len(job._results) == job.size:
-                    self._tasks.pop(job.task_id, None)
+                    self._forget(job)
                     results = [job._results[i] for i in range(job.size)]
                     job.future.set_result(
                         JobResult([r[0] for r in results], job.seeds, [r[1] for r in results])

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
+import socket
 import sys
+from collections.abc import Mapping
 
 DEFAULT_MAX_BODY = 20 * 2**20  # an img2img request carries base64 images: 20 MiB fits several 2K PNGs
+DEFAULT_BODY_TIMEOUT = 30.0  # 20 MiB in 30 s is ~5.6 Mbit/s; slower links raise --body-timeout
+API_KEY_ENV = "SDLITE_API_KEY"
 
 
 def _int(text: str) -> int:
@@ -67,7 +72,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="KEY",
         help="require 'Authorization: Bearer KEY' (or HTTP Basic auth, password KEY) on all routes "
-        "but / and /health",
+        f"but / and /health; visible to other users in 'ps': prefer --api-key-file or ${API_KEY_ENV}",
+    )
+    s.add_argument(
+        "--api-key-file",
+        default=None,
+        metavar="PATH",
+        help=f"read the API key from this file (its first line); or set ${API_KEY_ENV}",
+    )
+    s.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name this server answers to besides localhost and loopback addresses (the Host "
+        "header; refusing others stops DNS rebinding); repeat for more",
+    )
+    s.add_argument(
+        "--body-timeout",
+        metavar="SECONDS",
+        type=_float,
+        default=DEFAULT_BODY_TIMEOUT,
+        help=f"a request body not received within this time gets 408 (default {DEFAULT_BODY_TIMEOUT:g})",
     )
     s.add_argument(
         "--max-body-bytes",
@@ -99,12 +125,62 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--queue must be at least 1, got {args.queue}")
     if args.max_body_bytes < 1024:
         raise ValueError(f"--max-body-bytes must be at least 1024, got {args.max_body_bytes}")
-    if args.api_key is not None and (
-        not args.api_key or not args.api_key.isprintable() or " " in args.api_key
-    ):
-        raise ValueError("--api-key must be a non-empty string of printable characters without spaces")
+    if args.api_key is not None:
+        _check_key(args.api_key, "--api-key")
+    if args.api_key is not None and args.api_key_file is not None:
+        raise ValueError("--api-key and --api-key-file: give one of them, not both")
+    if not 0 < args.body_timeout <= 3600:
+        raise ValueError(f"--body-timeout must be in (0, 3600] seconds, got {args.body_timeout}")
+    for name in args.allowed_host:
+        if not name or not all(c.isalnum() or c in ".-_:[]" for c in name):
+            raise ValueError(f"--allowed-host must be a host name or address, got {name!r}")
     if args.threads is not None and args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
+
+
+def _check_key(key: str, source: str) -> str:
+    if not key or not key.isprintable() or " " in key:
+        raise ValueError(f"{source} must be a non-empty string of printable characters without spaces")
+    return key
+
+
+def api_key(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The API key from --api-key, --api-key-file (its first line) or $SDLITE_API_KEY, in that order."""
+    if args.api_key is not None:
+        return args.api_key
+    if args.api_key_file is not None:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as f:
+                first = f.readline(4096).rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+            raise ValueError(f"--api-key-file: cannot read {args.api_key_file!r}: {reason}") from None
+        return _check_key(first, f"--api-key-file (the first line of {args.api_key_file!r})")
+    if API_KEY_ENV in environ:  # set but empty is a mistake, not "no key"
+        return _check_key(environ[API_KEY_ENV], f"${API_KEY_ENV}")
+    return None
+
+
+def listen_url(host: str, port: int) -> str:
+    """The URL to print for a listening address: IPv6 addresses go in brackets (RFC 3986)."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` (port 0: any free one), not listening yet: taken before
+    the model loads, so that a port in use is reported at once, not after a minute of loading."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def _is_loopback(host: str) -> bool:
@@ -120,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import UsageError, _default_model
 
     check_args(args)
+    key = api_key(args)
     try:
         import uvicorn
 
@@ -130,22 +207,38 @@ def run(args: argparse.Namespace) -> int:
 
     from ..pipeline import Pipeline
 
-    model = Path(args.model) if args.model else _default_model()
-    pipe = Pipeline.from_pretrained(model, provider=args.provider, num_threads=args.threads)
-    settings = Settings(
-        max_batch=args.max_batch,
-        batch_window_ms=args.batch_window_ms,
-        queue=args.queue,
-        api_key=args.api_key,
-        max_body_bytes=args.max_body_bytes,
-    )
-    if not _is_loopback(args.host) and args.api_key is None:
-        print(
-            f"sdlite serve: warning: listening on {args.host} without --api-key: anyone who can reach it "
-            "can use this machine's compute",
-            file=sys.stderr,
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as err:
+        raise UsageError(f"cannot listen on {args.host} port {args.port}: {err.strerror or err}") from None
+    with sock:
+        model = Path(args.model) if args.model else _default_model()
+        pipe = Pipeline.from_pretrained(model, provider=args.provider, num_threads=args.threads)
+        loopback = _is_loopback(args.host)
+        settings = Settings(
+            max_batch=args.max_batch,
+            batch_window_ms=args.batch_window_ms,
+            queue=args.queue,
+            api_key=key,
+            max_body_bytes=args.max_body_bytes,
+            body_timeout=args.body_timeout,
+            # On loopback only local names may reach it (DNS rebinding); elsewhere the names given.
+            allowed_hosts=tuple(args.allowed_host) if loopback or args.allowed_host else None,
         )
-    app = create_app(pipe, settings)
-    print(f"sdlite serve: {model} on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
-    return 0
+        if not loopback and key is None:
+            print(
+                f"sdlite serve: warning: listening on {args.host} without an API key: anyone who can "
+                "reach it can use this machine's compute",
+                file=sys.stderr,
+            )
+        app = create_app(pipe, settings)
+        config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
+        sock.listen(2048)
+        url = listen_url(args.host, sock.getsockname()[1])
+        print(f"sdlite serve: {model} on {url}", file=sys.stderr, flush=True)
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down cleanly (as uvicorn.run)
+            pass
+    return 0 if server.started else 1

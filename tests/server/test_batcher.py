@@ -10,7 +10,7 @@ from concurrent.futures import CancelledError
 from types import SimpleNamespace
 
 import pytest
-from sdlite.server.batcher import Batcher, BatchKey, Interrupted, Job, QueueFull
+from sdlite.server.batcher import Batcher, BatchKey, Interrupted, Job, QueueFull, TaskIdInUse
 from sdlite.server.metrics import Metrics
 
 TXT = BatchKey(64, 64, 4, "eulera", 7.0, None)
@@ -129,7 +129,8 @@ def test_interrupt_fails_the_running_job_and_a_model_error_reaches_every_member(
     b.submit(job)
     b.start()
     assert pipe.started.wait(5)
-    assert b.interrupt() == 1
+    assert b.interrupt("somebody-else") == 0 and job.wanted
+    assert b.interrupt(job.task_id) == 1
     with pytest.raises(Interrupted):
         job.future.result(5)
 
@@ -141,3 +142,103 @@ def test_interrupt_fails_the_running_job_and_a_model_error_reaches_every_member(
     for j in jobs:
         with pytest.raises(RuntimeError, match="model failure"):
             j.future.result(10)
+
+
+def _long(task_id: str | None = None) -> Job:
+    job = Job(BatchKey(64, 64, 1000, "eulera", 7.0, None), ["long"], [""], [0])  # 50 s if it ran
+    if task_id:
+        job.task_id = task_id
+    return job
+
+
+def test_interrupt_needs_the_task_id_and_never_stops_other_clients_jobs(make):
+    pipe = RecordingPipe(delay=0.05)
+    b = make(pipe, max_batch=2, window=0.0)
+    mine, theirs = _long("mine"), _long("theirs")
+    b.submit(mine)
+    b.submit(theirs)
+    b.start()
+    assert pipe.started.wait(5)
+    with pytest.raises(TypeError):
+        b.interrupt()  # the old "stop whatever runs" form is gone
+    assert b.interrupt("mine") == 1
+    with pytest.raises(Interrupted):
+        mine.future.result(5)
+    assert theirs.wanted and b.progress("theirs")["state"] == "running"
+    assert b.interrupt("mine") == 0  # already gone
+    b.cancel(theirs)
+
+
+def test_interrupting_queued_jobs_leaves_nothing_in_the_task_table(make):
+    pipe = RecordingPipe(delay=0.05)
+    b = make(pipe, max_batch=1, window=0.0, queue=8)
+    b.start()
+    for round_ in range(3):  # the three rounds, each of which used to leave its jobs behind
+        running = _long(f"run{round_}")
+        b.submit(running)
+        assert pipe.started.wait(5)
+        queued = [_job(f"q{i}") for i in range(6)]
+        for j in queued:
+            b.submit(j)
+        assert b.tasks() == 7
+        for j in queued:
+            assert b.interrupt(j.task_id) == 1
+            assert b.progress(j.task_id)["state"] == "unknown"  # not "queued" forever
+            with pytest.raises(Interrupted):
+                j.future.result(0)
+        assert b.depth() == 0 and b.tasks() == 1
+        assert b.interrupt(running.task_id) == 1
+        follow = _job(f"after{round_}")
+        b.submit(follow)
+        assert follow.future.result(10).images == [f"after{round_}#0"]
+        assert b.tasks() == 0
+        pipe.started.clear()
+
+
+def test_every_way_out_empties_the_task_table(make):
+    pipe = RecordingPipe(delay=0.02)
+    b = make(pipe, max_batch=2, window=0.0, queue=16)
+    b.start()
+    done = _job("done")
+    b.submit(done)
+    done.future.result(10)
+    split = _long("split")  # more images than one batch: part runs, part waits in the queue
+    split.prompts, split.negatives, split.seeds = ["s"] * 3, [""] * 3, [1, 2, 3]
+    b.submit(split)
+    assert pipe.started.wait(5)
+    cancelled_queued = _job("cq")
+    b.submit(cancelled_queued)
+    b.cancel(cancelled_queued)
+    assert b.interrupt("split") == 1  # running and queued at once
+    assert b.depth() == 0
+    running = _long("cancelled-running")
+    pipe.started.clear()
+    b.submit(running)
+    assert pipe.started.wait(5)  # its model call began
+    assert b.progress("cancelled-running")["state"] == "running"
+    b.cancel(running)
+    follow = _job("follow")
+    b.submit(follow)
+    follow.future.result(10)
+    assert b.tasks() == 0
+
+    failing = make(RecordingPipe(fail=True), window=0.0)
+    failing.start()
+    jobs = [_job("a"), _job("b")]
+    for j in jobs:
+        failing.submit(j)
+    for j in jobs:
+        with pytest.raises(RuntimeError):
+            j.future.result(10)
+    assert failing.tasks() == 0
+
+
+def test_a_task_id_in_use_is_refused(make):
+    b = make(RecordingPipe(), queue=4)
+    first = _job("a")
+    b.submit(first)
+    second = _job("b")
+    second.task_id = first.task_id
+    with pytest.raises(TaskIdInUse, match="already in use"):
+        b.submit(second)
+    assert b.depth() == 1 and b.tasks() == 1
