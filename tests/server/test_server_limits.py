@@ -84,7 +84,7 @@ def test_overload_gets_429_and_the_server_stays_up_and_bounded(guarded_server):
 def test_queued_request_whose_client_leaves_is_dropped_and_interrupt_stops_the_running_one(guarded_server):
     url = guarded_server.url
     size = 4 * httpx.get(f"{url}/health").json()["default_size"]
-    long = {"prompt": "long", "steps": 500, "seed": 1, "width": size, "height": size}  # minutes of work
+    long = {"prompt": "long", "steps": 500, "seed": 1, "width": size, "height": size, "force_task_id": "long"}
     result: dict = {}
 
     def run_long() -> None:
@@ -107,9 +107,10 @@ def test_queued_request_whose_client_leaves_is_dropped_and_interrupt_stops_the_r
         while httpx.get(f"{url}/health").json()["queue"] != 0:
             assert time.monotonic() < deadline, "the abandoned request stayed in the queue"
             time.sleep(0.05)
-        # A1111's interrupt stops the running job; its client hears 409.
+        # A1111's interrupt, naming the running job, stops it; its client hears 409.
         stopped = time.monotonic()
-        assert httpx.post(f"{url}/sdapi/v1/interrupt", headers=AUTH).json()["interrupted"] == 1
+        stop = httpx.post(f"{url}/sdapi/v1/interrupt", params={"id_task": "long"}, headers=AUTH)
+        assert stop.json()["interrupted"] == 1
     finally:
         runner.join(120)
     assert result["r"].status_code == 409 and "interrupt" in result["r"].json()["detail"]
