@@ -54,7 +54,8 @@ def build_parser(prog: str = "sdlite export") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .exporter import ExportError, export_model
+    from .errors import ExportError
+    from .exporter import export_model
 
     try:
         report = export_model(

@@ -27,7 +27,8 @@ from onnx import TensorProto, helper
 
 _MODULE = "fusion_attention_unet"
 _patched = False
-_original = None  # the installed get_num_heads, kept so tests can check the detection against it
+# The installed get_num_heads once patched, so tests can check the detection against it.
+original_get_num_heads = None
 
 
 def _fusion_class() -> type:
@@ -70,7 +71,7 @@ def is_affected() -> bool:
         return True
 
 
-def _get_num_heads(self, reshape_q: onnx.NodeProto, is_torch2: bool = False) -> int:
+def fixed_get_num_heads(self, reshape_q: onnx.NodeProto, is_torch2: bool = False) -> int:
     """`FusionAttentionUnet.get_num_heads` with the scalar conversion numpy 2 accepts (``.item()``)."""
     if is_torch2:
         parent = self.model.get_parent(reshape_q, 1)
@@ -90,19 +91,19 @@ def _get_num_heads(self, reshape_q: onnx.NodeProto, is_torch2: bool = False) -> 
 
 def apply() -> bool:
     """Patch the fusion if the installed version needs it. Idempotent; returns whether a patch is active."""
-    global _patched, _original
+    global _patched, original_get_num_heads
     if _patched:
         return True
     if not is_affected():
         return False
     cls = _fusion_class()
-    _original = cls.get_num_heads
-    cls.get_num_heads = _get_num_heads
+    original_get_num_heads = cls.get_num_heads
+    cls.get_num_heads = fixed_get_num_heads
     # The package-qualified module is a separate module object with its own class; patch it too so
     # that code importing it that way sees the same behaviour.
     qualified = sys.modules.get(f"onnxruntime.transformers.{_MODULE}")
     if qualified is not None and qualified.FusionAttentionUnet is not cls:
-        qualified.FusionAttentionUnet.get_num_heads = _get_num_heads
+        qualified.FusionAttentionUnet.get_num_heads = fixed_get_num_heads
     _patched = True
     if is_affected():  # our own replacement must pass the same probe
         raise RuntimeError("sdlite.export.ort_shim: patched get_num_heads still fails its probe")
