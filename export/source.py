@@ -2,6 +2,10 @@
 
 Three kinds: a local diffusers folder (model_index.json), a single-file checkpoint (.safetensors,
 or a pickle only when the caller accepts the risk), or a Hugging Face hub id.
+
+Pickles (torch.load) can run code hidden in the file, so without allow_pickle every source is read
+from safetensors only: a folder (SOURCE or --config) whose weights are pickles is refused here,
+before anything is loaded, and diffusers is told to load safetensors or fail (use_safetensors).
 """
 
 from __future__ import annotations
