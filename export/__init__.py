@@ -4,6 +4,8 @@ Needs the ``[export]`` extra (torch, diffusers, optimum-onnx); the heavy imports
 `export_model`, so argument errors come back before any of them load.
 """
 
-from .exporter import ExportError, ExportReport, export_model
+from .errors import ExportError
+from .exporter import export_model
+from .report import ExportReport
 
 __all__ = ["ExportError", "ExportReport", "export_model"]

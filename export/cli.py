@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import DTYPES
 from .quantize import METHODS
 from .targets import TARGETS
 
@@ -21,9 +22,7 @@ def build_parser(prog: str = "sdlite export") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
     p.add_argument("source", metavar="SOURCE", help="diffusers folder, hub id, or .safetensors file")
     p.add_argument("out", metavar="OUT", help="output folder (must not exist unless --overwrite)")
-    p.add_argument(
-        "--dtype", choices=("fp16", "fp32"), default="fp16", help="weights and activations (default fp16)"
-    )
+    p.add_argument("--dtype", choices=DTYPES, default="fp16", help="weights and activations (default fp16)")
     p.add_argument(
         "--target",
         choices=TARGETS,
@@ -54,7 +53,8 @@ def build_parser(prog: str = "sdlite export") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .exporter import ExportError, export_model
+    from .errors import ExportError
+    from .exporter import export_model
 
     try:
         report = export_model(

@@ -19,24 +19,13 @@ detection and pruning stay the optimizer's own.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import sys
 from collections.abc import Iterator
 
-import onnxruntime.transformers  # noqa: F401  (puts the fusion modules' folder on sys.path)
 from onnx import NodeProto, helper
 
-_MODULE = "fusion_attention_unet"
+from .fusion_unet import fusion_classes
+
 COUNTER = "MultiHeadAttention (self attention, separate Q/K/V)"
-
-
-def _classes() -> list[type]:
-    """The fusion class under every module name it is imported by (bare and package-qualified)."""
-    found = [importlib.import_module(_MODULE).FusionAttentionUnet]
-    qualified = sys.modules.get(f"onnxruntime.transformers.{_MODULE}")
-    if qualified is not None and qualified.FusionAttentionUnet not in found:
-        found.append(qualified.FusionAttentionUnet)
-    return found
 
 
 def _wrap(original):
@@ -76,7 +65,7 @@ def _wrap(original):
 def self_attention_as_mha() -> Iterator[None]:
     """While active, the U-Net fusion emits unpacked self-attention as MultiHeadAttention."""
     saved = []
-    for cls in _classes():
+    for cls in fusion_classes():
         current = cls.__dict__["create_attention_node"]
         saved.append((cls, current))
         if not hasattr(current, "sdlite_original"):  # nested use: already wrapped

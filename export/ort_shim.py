@@ -4,10 +4,7 @@
 deprecation into ``TypeError: only 0-dimensional arrays can be converted to Python scalars``,
 which aborts the whole U-Net optimization, so no attention gets fused.
 
-The optimizer imports its fusion modules by bare name (``from fusion_attention_unet import ...``,
-with the package folder on sys.path), so the class that runs is the one in
-``sys.modules["fusion_attention_unet"]``, not ``onnxruntime.transformers.fusion_attention_unet``.
-We patch the class object in every module name it is reachable under.
+The class object is patched under every module name it is reachable by (see fusion_unet).
 
 Applied only when the installed code shows the bug (checked by calling `get_num_heads` on a
 two-node graph that reproduces the exported pattern), so a fixed onnxruntime is left untouched.
@@ -15,23 +12,15 @@ two-node graph that reproduces the exported pattern), so a fixed onnxruntime is 
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 import numpy as np
 import onnx
-
-# Importing the package puts its folder on sys.path, which the bare-name imports rely on.
-import onnxruntime.transformers  # noqa: F401
 from onnx import TensorProto, helper
 
-_MODULE = "fusion_attention_unet"
+from .fusion_unet import fusion_class, fusion_classes
+
 _patched = False
-_original = None  # the installed get_num_heads, kept so tests can check the detection against it
-
-
-def _fusion_class() -> type:
-    return importlib.import_module(_MODULE).FusionAttentionUnet
+# The installed get_num_heads once patched, so tests can check the detection against it.
+original_get_num_heads = None
 
 
 def _probe_graph(num_heads: int) -> tuple[object, onnx.NodeProto]:
@@ -56,7 +45,7 @@ def _probe_graph(num_heads: int) -> tuple[object, onnx.NodeProto]:
 def num_heads_detected(num_heads: int = 3) -> int:
     """What the installed fusion reads as the head count of a probe graph (raises if it is broken)."""
     model, reshape = _probe_graph(num_heads)
-    fusion = _fusion_class()(
+    fusion = fusion_class()(
         model, 0, 0, is_cross_attention=False, enable_packed_qkv=False, enable_packed_kv=False
     )
     return fusion.get_num_heads(reshape, is_torch2=True)
@@ -70,7 +59,7 @@ def is_affected() -> bool:
         return True
 
 
-def _get_num_heads(self, reshape_q: onnx.NodeProto, is_torch2: bool = False) -> int:
+def fixed_get_num_heads(self, reshape_q: onnx.NodeProto, is_torch2: bool = False) -> int:
     """`FusionAttentionUnet.get_num_heads` with the scalar conversion numpy 2 accepts (``.item()``)."""
     if is_torch2:
         parent = self.model.get_parent(reshape_q, 1)
@@ -90,19 +79,14 @@ def _get_num_heads(self, reshape_q: onnx.NodeProto, is_torch2: bool = False) -> 
 
 def apply() -> bool:
     """Patch the fusion if the installed version needs it. Idempotent; returns whether a patch is active."""
-    global _patched, _original
+    global _patched, original_get_num_heads
     if _patched:
         return True
     if not is_affected():
         return False
-    cls = _fusion_class()
-    _original = cls.get_num_heads
-    cls.get_num_heads = _get_num_heads
-    # The package-qualified module is a separate module object with its own class; patch it too so
-    # that code importing it that way sees the same behaviour.
-    qualified = sys.modules.get(f"onnxruntime.transformers.{_MODULE}")
-    if qualified is not None and qualified.FusionAttentionUnet is not cls:
-        qualified.FusionAttentionUnet.get_num_heads = _get_num_heads
+    original_get_num_heads = fusion_class().get_num_heads
+    for cls in fusion_classes():
+        cls.get_num_heads = fixed_get_num_heads
     _patched = True
     if is_affected():  # our own replacement must pass the same probe
         raise RuntimeError("sdlite.export.ort_shim: patched get_num_heads still fails its probe")

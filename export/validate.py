@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ExportError
+from .targets import PROVIDERS
+
 TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.25}
 
 
@@ -185,3 +188,26 @@ def validate_component(
     want = _reference(component, pipe, inputs)
     got = run_onnx(session, inputs)
     return compare(component, got, want, TOLERANCE[dtype])
+
+
+def validation_providers(target: str) -> list[str]:
+    """The target's provider when this machine has it (then the CPU for what it lacks), else the CPU."""
+    import onnxruntime as ort
+
+    provider = PROVIDERS[target]
+    if provider in ort.get_available_providers() and provider != "CPUExecutionProvider":
+        return [provider, "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def validation_record(component, path, pipe, dtype, latent_hw, providers, batch=1) -> dict:
+    """`validate_component` as sdlite.json records it; a graph this machine has no kernels for is skipped."""
+    try:
+        check = validate_component(component, path, pipe, dtype, latent_hw, batch=batch, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - recorded, then judged below
+        text = str(exc)
+        if "NOT_IMPLEMENTED" in text or "Could not find an implementation" in text:
+            # e.g. a --target cuda graph (NhwcConv, GroupNorm) on a machine without that provider.
+            return {"skipped": f"no kernels for this graph on {providers[0]}: {text.splitlines()[0][:200]}"}
+        raise ExportError(f"{component}: validation could not run the exported graph: {exc}") from exc
+    return check.as_dict()

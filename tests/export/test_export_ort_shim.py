@@ -23,8 +23,8 @@ def test_detection_is_behavioural(monkeypatch):
     """With the installed method put back, the probe reports the bug exactly when numpy has it."""
     ort_shim.apply()
     cls = sys.modules["fusion_attention_unet"].FusionAttentionUnet
-    if ort_shim._original is not None:
-        monkeypatch.setattr(cls, "get_num_heads", ort_shim._original)
+    if ort_shim.original_get_num_heads is not None:
+        monkeypatch.setattr(cls, "get_num_heads", ort_shim.original_get_num_heads)
     assert ort_shim.is_affected() == _numpy_rejects_size1_int()
 
 
@@ -38,4 +38,4 @@ def test_patch_reaches_the_bare_module_the_optimizer_uses():
     for heads in (1, 5, 8):
         assert ort_shim.num_heads_detected(heads) == heads
     if _numpy_rejects_size1_int():
-        assert active and onnx_model_unet.FusionAttentionUnet.get_num_heads is ort_shim._get_num_heads
+        assert active and onnx_model_unet.FusionAttentionUnet.get_num_heads is ort_shim.fixed_get_num_heads
