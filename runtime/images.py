@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from . import rules
+
 
 def to_numpy(decoded: np.ndarray) -> np.ndarray:
     """VAE output [B,3,H,W] in [-1,1] -> float32 [B,H,W,3] in [0,1] (diffusers' postprocess)."""
@@ -32,7 +34,7 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 ALLOWED = "a PNG, JPEG or WebP image"
 # The decode budget when the caller gives none (the CLI's --image, the Python API's file paths):
 # the largest output the pipeline makes.  Callers that know the model family pass its own budget.
-DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_MAX_PIXELS = rules.MAX_INPUT_PIXELS
 
 
 def _unreadable(argument: str, source: Any, reason: str) -> ValueError:

@@ -30,12 +30,7 @@ from . import images as imgs
 def load_mask(mask: Any, argument: str = "mask_image") -> Image.Image:
     """A PIL image (any mode), an [H,W] / [H,W,1] / [H,W,3] array or an image file path."""
     if isinstance(mask, (str, os.PathLike)):
-        try:
-            with Image.open(mask) as im:
-                im.load()
-                return im.copy()
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{argument}: {str(mask)!r} is not a readable image file ({err})") from err
+        return imgs.read_image(mask, argument, mode=None)  # format and size checked by the header
     if isinstance(mask, Image.Image):
         return mask
     if isinstance(mask, np.ndarray):

@@ -40,6 +40,9 @@ SIZE_MULTIPLE = 8
 # (an 8192-wide request reached 12.9 GB RSS before this rule existed); --max-pixels changes them.
 MAX_PIXELS_BY_FAMILY = {"sd": 1536 * 1536, "sdxl": 2048 * 2048}
 MAX_PIXELS = max(MAX_PIXELS_BY_FAMILY.values())  # the largest any family allows
+# An init, mask or control image's area, judged by its header before any pixel is decoded: a
+# 12 MP photo passes; a 10 KB PNG claiming 9000x9000 (a decompression bomb) does not.
+MAX_INPUT_PIXELS = 4096 * 4096
 # All images of one call together (the U-Net runs them as one batch): 64 images of 1024x1024.
 MAX_BATCH_PIXELS = MAX_IMAGES * 1024 * 1024
 OUTPUT_TYPES = ("pil", "np", "latent")
