@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import UsageError
+from .models_dir import model_path
+
 DEFAULT_OUT = "sdlite-{seed}.png"
-
-
-class UsageError(Exception):
-    """Bad arguments: reported as ``sdlite: error: ...`` with exit status 2."""
 
 
 def _int(text: str) -> int:
@@ -104,19 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _default_model() -> Path:
-    try:
-        from .models import demo_path  # type: ignore[attr-defined]
-    except ImportError:
-        raise UsageError(
-            "no --model given and the embedded demo model is not part of this install; pass --model DIR"
-        ) from None
-    path = Path(demo_path())
-    if not (path / "unet" / "model.onnx").is_file():
-        raise UsageError(f"no --model given and the embedded demo model at {str(path)!r} is incomplete")
-    return path
-
-
 def _out_paths(pattern: str, seeds: Sequence[int]) -> list[Path]:
     if len(seeds) > 1 and "{seed}" not in pattern and "{i}" not in pattern:
         stem, ext = os.path.splitext(pattern)
@@ -156,7 +142,7 @@ def _generate(args: argparse.Namespace) -> int:
         from .inpaint import load_mask
 
         mask = load_mask(args.mask, "--mask")
-    model = Path(args.model) if args.model else _default_model()
+    model = model_path(args.model)
     pipe = Pipeline.from_pretrained(model, provider=args.provider, preset=args.preset)
 
     bar: Any = None
@@ -203,7 +189,7 @@ def _info(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
     from .sessions import installed_ort_wheels, resolve_providers
 
-    model = Path(args.model) if args.model else _default_model()
+    model = model_path(args.model)
     folder = load_folder(model)
     pipe = Pipeline(folder, resolve_providers("cpu"))  # sessions on CPU: only their graphs matter here
     # Named by folder: a refiner has only text_encoder_2, SDXL both.
