@@ -189,8 +189,15 @@ def defaults_for(args: argparse.Namespace, model: Path) -> Defaults:
     def check_sampler(name: Any) -> str:
         return rules.check_sampler(name, None, config)
 
-    d = Defaults(preset.steps, preset.guidance, preset.sampler, None, None, multiple, check_sampler)
-    d.max_pixels = rules.max_pixels("sdxl" if folder.is_sdxl else "sd")
+    d = Defaults(
+        preset.steps,
+        preset.guidance,
+        preset.sampler,
+        size_multiple=multiple,
+        check_sampler=check_sampler,
+        max_pixels=rules.max_pixels("sdxl" if folder.is_sdxl else "sd"),
+        vae_factor=factor,
+    )
     if args.steps is not None:
         d.steps = rules.check_int("--steps", args.steps, 1, rules.MAX_STEPS)
     if args.guidance is not None:

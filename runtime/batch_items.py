@@ -65,7 +65,7 @@ class Defaults:
     size_multiple: int = 8  # the VAE's factor x the U-Net's downsampling
     check_sampler: Callable[[str], str] | None = None  # the cleaned name, or ValueError
     max_pixels: int = rules.max_pixels("sd")
-    static: tuple[int | None, int | None] = (None, None)  # a fixed-size export's (height, width)
+    vae_factor: int | None = None  # named in the size rule's message when known
 
 
 def line_id(line: int) -> str:
@@ -118,13 +118,13 @@ def _sampling(obj: dict[str, Any], d: Defaults) -> tuple[int, float, str]:
 
 def _sizes(obj: dict[str, Any], d: Defaults) -> tuple[int, int]:
     sizes = []
-    for key, static in (("width", d.static[1]), ("height", d.static[0])):
+    for key in ("width", "height"):
         value = obj.get(key)
         if value is None:
             value = getattr(d, key)
             if value is None:
                 raise ValueError(f"{key} is missing and the model folder does not say its size; pass --{key}")
-        sizes.append(rules.check_size(key, value, d.size_multiple, static))
+        sizes.append(rules.check_size(key, value, d.size_multiple, vae_factor=d.vae_factor))
     rules.check_pixels(sizes[0], sizes[1], 1, d.max_pixels)
     return sizes[0], sizes[1]
 

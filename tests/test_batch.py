@@ -137,7 +137,8 @@ def test_killed_job_resumes_without_loss_or_duplicates(killed_and_resumed):
     assert sorted(r["id"] for r in ok) == sorted(ids)  # each valid id: exactly one ok line
     errors = [r for r in records if r["status"] == "error"]
     assert len(errors) == 1 and errors[0]["line"] == MALFORMED_LINE and "not JSON" in errors[0]["error"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{i}.png" for i in ids] + [batch_manifest.MANIFEST])
+    expected = [f"{i}.png" for i in ids] + [batch_manifest.MANIFEST]
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
     for r in ok:
         assert r["png"] == f"{r['id']}.png" and r["seed"] == r["parameters"]["seed"]
         assert 1 <= r["timings"]["batch_images"] <= 3 and r["timings"]["unet"] > 0

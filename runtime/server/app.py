@@ -183,9 +183,12 @@ def _a1111_samplers() -> list[dict[str, Any]]:
 
 
 def _json_safe(value: Any) -> Any:
-    """An error's echoed input without NaN/inf floats, which JSON cannot carry (a 500 otherwise)."""
+    """An error's echoed input without what JSON in UTF-8 cannot carry (a 500 otherwise): NaN/inf
+    floats become their repr, lone surrogates a \\udXXX escape."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
