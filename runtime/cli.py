@@ -22,6 +22,7 @@ DEFAULT_OUT = "sdlite-{seed}.png"
 
 
 # The Pipeline's argument names -> the flags that set them, so that an error names what was typed.
+# (The prompt is positional: its errors keep the name "prompt".)
 FLAGS = {
     "prompt_2": "--prompt-2",
     "negative_prompt": "--negative-prompt",
@@ -108,32 +109,35 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    """The rules that need no model, checked before it loads (the Pipeline checks the rest)."""
-    for flag in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2"):
-        if getattr(args, flag) is not None:
-            rules.check_text(FLAGS.get(flag, flag), getattr(args, flag))
-    n = rules.check_images(args.num_images, 1, "--num-images")
+    """The rules that need no model, checked before it loads (the Pipeline checks the rest).
+
+    Named as the Pipeline names them; ``flag_error`` adds the flag."""
+    for name in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2"):
+        if getattr(args, name) is not None:
+            rules.check_text(name, getattr(args, name))
+    n = rules.check_images(args.num_images, 1)
     if args.steps is not None:
-        rules.check_int("--steps", args.steps, 1, rules.MAX_STEPS)
+        rules.check_int("num_inference_steps", args.steps, 1, rules.MAX_STEPS)
     if args.guidance is not None:
-        rules.check_float("--guidance", args.guidance, *rules.GUIDANCE_RANGE)
+        rules.check_float("guidance_scale", args.guidance, *rules.GUIDANCE_RANGE)
     if args.strength is not None:
-        rules.check_float("--strength", args.strength, *rules.STRENGTH_RANGE, lo_open=True)
+        rules.check_float("strength", args.strength, *rules.STRENGTH_RANGE, lo_open=True)
     if args.seed is not None:
-        rules.check_seeds(args.seed, n, "--seed")
-    for flag in ("--width", "--height"):
-        value = getattr(args, flag[2:])
-        if value is not None:
-            rules.check_int(flag, value, 1)
+        rules.check_seeds(args.seed, n)
+    for name in ("width", "height"):
+        if getattr(args, name) is not None:
+            rules.check_int(name, getattr(args, name), 1)
     if args.sampler is not None:
         rules.check_sampler(args.sampler)
 
 
 def flag_error(err: rules.RuleError) -> str:
-    """A rule broken by a Pipeline argument, worded with the flag that set it."""
-    if err.field not in FLAGS:
+    """A broken rule worded with the flag that set the value (and the Pipeline's name for it)."""
+    flag = FLAGS.get(err.field)
+    if flag is None:
         return str(err)
-    return str(rules.RuleError(FLAGS[err.field], err.allowed, err.value))
+    label = flag if flag[2:].replace("-", "_") == err.field else f"{flag} ({err.field})"
+    return str(rules.RuleError(label, err.allowed, err.value))
 
 
 def _out_paths(pattern: str, seeds: Sequence[int]) -> list[Path]:

@@ -56,8 +56,8 @@ def _cases() -> list[Case]:
     steps_rule = _allowed(rules.check_int, "steps", 0, 1, rules.MAX_STEPS)
     guidance_rule = _allowed(rules.check_float, "g", math.nan, *rules.GUIDANCE_RANGE)
     seed = ("seed", "--seed", "seed", "seed")
-    steps = ("num_inference_steps", "--steps", "steps", "steps")
-    guidance = ("guidance_scale", "--guidance", "guidance", "cfg_scale")
+    steps = ("num_inference_steps", "--steps (num_inference_steps)", "steps", "steps")
+    guidance = ("guidance_scale", "--guidance (guidance_scale)", "guidance", "cfg_scale")
     prompt = ("prompt", "prompt", "prompt", "prompt")
     cases = [
         Case("seed too large", seed_rule, {"seed": 2**64}, ["--seed", str(2**64)], {"seed": 2**64},
@@ -91,7 +91,7 @@ def _cases() -> list[Case]:
         Case("too many images", _allowed(rules.check_int, "n", rules.MAX_IMAGES + 1, 1, rules.MAX_IMAGES),
              {"num_images_per_prompt": rules.MAX_IMAGES + 1}, ["-n", str(rules.MAX_IMAGES + 1)], None,
              {"batch_size": rules.MAX_IMAGES + 1},
-             ("num_images_per_prompt", "--num-images", "", "batch_size")),
+             ("num_images_per_prompt", "--num-images (num_images_per_prompt)", "", "batch_size")),
         Case("unknown sampler", _allowed(rules.check_sampler, "no-such-sampler"),
              {"sampler": "no-such-sampler"}, ["--sampler", "no-such-sampler"], {"sampler": "no-such-sampler"},
              {"sampler_name": "no-such-sampler"}, ("sampler", "--sampler", "sampler", "sampler_name")),
