@@ -180,21 +180,16 @@ def defaults_for(args: argparse.Namespace, model: Path) -> Defaults:
     from .folder import load_folder
 
     folder = load_folder(model)
-    config = folder.scheduler_config
     preset = folder_preset(folder)
     factor = folder.vae_factor or rules.VAE_FACTOR
     multiple = rules.size_multiple(factor, folder.unet_downsampling)
     native = folder.unet_sample_size * factor if folder.unet_sample_size else None
-
-    def check_sampler(name: Any) -> str:
-        return rules.check_sampler(name, None, config)
-
     d = Defaults(
         preset.steps,
         preset.guidance,
         preset.sampler,
         size_multiple=multiple,
-        check_sampler=check_sampler,
+        scheduler_config=folder.scheduler_config,
         max_pixels=rules.max_pixels("sdxl" if folder.is_sdxl else "sd"),
         vae_factor=factor,
     )
@@ -204,7 +199,7 @@ def defaults_for(args: argparse.Namespace, model: Path) -> Defaults:
         d.guidance = rules.check_float("--guidance", args.guidance, *rules.GUIDANCE_RANGE)
     if args.sampler is not None:
         try:
-            d.sampler = check_sampler(args.sampler)
+            d.sampler = rules.check_sampler(args.sampler, None, d.scheduler_config)
         except rules.RuleError as err:
             raise rules.RuleError("--sampler", err.allowed, err.value) from None
     for key in ("width", "height"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ class Defaults:
     width: int | None = None
     height: int | None = None
     size_multiple: int = 8  # the VAE's factor x the U-Net's downsampling
-    check_sampler: Callable[[str], str] | None = None  # the cleaned name, or ValueError
+    scheduler_config: dict[str, Any] | None = None  # the model's: what its samplers must take
     max_pixels: int = rules.max_pixels("sd")
     vae_factor: int | None = None  # named in the size rule's message when known
 
@@ -107,12 +107,7 @@ def _sampling(obj: dict[str, Any], d: Defaults) -> tuple[int, float, str]:
     guidance = (
         d.guidance if guidance is None else rules.check_float("guidance", guidance, *rules.GUIDANCE_RANGE)
     )
-    if sampler is None:
-        sampler = d.sampler
-    elif d.check_sampler is not None:
-        sampler = d.check_sampler(sampler)
-    else:
-        sampler = rules.check_sampler(sampler)
+    sampler = d.sampler if sampler is None else rules.check_sampler(sampler, None, d.scheduler_config)
     return steps, float(guidance), sampler
 
 

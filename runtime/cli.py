@@ -109,9 +109,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    """The rules that need no model, checked before it loads (the Pipeline checks the rest).
-
-    Named as the Pipeline names them; ``flag_error`` adds the flag."""
+    """The rules that need no model, checked before it loads; the Pipeline checks the rest (sizes
+    need the model).  Named as the Pipeline names them; ``_flag_error`` adds the flag."""
     for name in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2"):
         if getattr(args, name) is not None:
             rules.check_text(name, getattr(args, name))
@@ -124,14 +123,11 @@ def _check_flags(args: argparse.Namespace) -> None:
         rules.check_float("strength", args.strength, *rules.STRENGTH_RANGE, lo_open=True)
     if args.seed is not None:
         rules.check_seeds(args.seed, n)
-    for name in ("width", "height"):
-        if getattr(args, name) is not None:
-            rules.check_int(name, getattr(args, name), 1)
     if args.sampler is not None:
         rules.check_sampler(args.sampler)
 
 
-def flag_error(err: rules.RuleError) -> str:
+def _flag_error(err: rules.RuleError) -> str:
     """A broken rule worded with the flag that set the value (and the Pipeline's name for it)."""
     flag = FLAGS.get(err.field)
     if flag is None:
@@ -324,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve.run(args)
         return _samplers()
     except rules.RuleError as err:
-        print(f"sdlite: error: {flag_error(err)}", file=sys.stderr)
+        print(f"sdlite: error: {_flag_error(err)}", file=sys.stderr)
         return 2
     except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"sdlite: error: {err}", file=sys.stderr)

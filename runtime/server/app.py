@@ -1,7 +1,8 @@
 """The HTTP routes: AUTOMATIC1111's API, OpenAI's images/generations, the page, health and metrics.
 
-Every generation request is checked in full here (422 naming the field) before it joins the
-queue, so that one bad request can never fail the batch it would have shared.  Then it waits for
+Every generation request is checked in full (``schemas.py``, then ``jobs.py`` with the model's
+facts; both by ``sdlite.rules``, a 422 naming the field) before it joins the queue, so that one
+bad request can never fail the batch it would have shared.  Then it waits for
 its job while watching its connection: a client that goes away cancels its work.
 """
 
