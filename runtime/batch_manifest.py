@@ -31,7 +31,7 @@ class GroupResult:
     error: str | None = None
 
 
-def fsync_file(path: Path) -> None:
+def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -39,10 +39,10 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path) -> None:
     # So that a rename survives a power loss; Windows cannot open folders and needs no such call.
     if os.name == "posix":
-        fsync_file(path)
+        _fsync_file(path)
 
 
 class Manifest:
@@ -157,8 +157,8 @@ def write_results(result: GroupResult, out: Path, manifest: Manifest) -> int:
     for it, px, text in zip(result.items, result.pixels, result.infotexts, strict=True):
         t0 = time.perf_counter()
         path = save_png(Image.fromarray(px), out / it.png, text)
-        fsync_file(path)
-        fsync_dir(out)
+        _fsync_file(path)
+        _fsync_dir(out)
         timings = {**share, "batch_images": n, "save": time.perf_counter() - t0}
         manifest.append(_item_record(it, timings=timings, png=it.png))
     return 0
