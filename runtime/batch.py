@@ -162,16 +162,19 @@ def _add_ray_options(r: Any) -> None:
 
 
 def folder_preset(folder: Any) -> rules.Preset:
-    """The model's preset without loading its graphs: the U-Net's extra inputs read from its config
-    (the Pipeline reads them from the graph)."""
+    """The model's preset from its configs alone: the U-Net inputs its config implies (the Pipeline
+    reads them from the graph; the driver of a Ray job loads no graph)."""
+    from .conditioning import SDXL_INPUTS
+    from .graph import UNET_INPUTS
+    from .lcm import TIMESTEP_COND
     from .presets import detect
 
     unet = folder.configs.get("unet", {})
-    inputs = {"sample", "timestep", "encoder_hidden_states"}
+    inputs = set(UNET_INPUTS)
     if unet.get("time_cond_proj_dim"):
-        inputs.add("timestep_cond")
+        inputs.add(TIMESTEP_COND)
     if unet.get("addition_embed_type") == "text_time":
-        inputs |= {"text_embeds", "time_ids"}
+        inputs |= set(SDXL_INPUTS)
     return detect(folder.path, inputs, folder.scheduler_config, folder.model_index)
 
 
