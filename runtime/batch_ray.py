@@ -4,7 +4,7 @@ The driver (``sdlite.batch``) parses the job, decides what is left to do, and wr
 and manifest line as results stream back, so input checks, grouping, resume and the manifest are
 the local engine's.  Here: one dataset row per group (one Pipeline call); ``map_batches`` over a
 fixed pool of ``--ray-workers`` actors, each loading the Pipeline once and running
-``sdlite.batch.run_group``; the pixels come back as uint8 arrays.  The model folder must be at
+``sdlite.batch_engine.run_group``; the pixels come back as uint8 arrays.  The model folder must be at
 the same path on every node (a shared file system, or copied there beforehand).
 """
 
@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .batch import Engine, GroupResult, Item, run_group
+from .batch_engine import Engine, run_group
+from .batch_items import Item
+from .batch_manifest import GroupResult
 
 GPU_PROVIDERS = ("cuda", "rocm", "tensorrt")
 

@@ -13,26 +13,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import rules
+from .arg_types import integer, number
+from .errors import UsageError
+from .models_dir import model_path
+
 DEFAULT_OUT = "sdlite-{seed}.png"
 
 
-class UsageError(Exception):
-    """Bad arguments: reported as ``sdlite: error: ...`` with exit status 2."""
-
-
-def _int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+# The Pipeline's argument names -> the flags that set them, so that an error names what was typed.
+# (The prompt is positional: its errors keep the name "prompt".)
+FLAGS = {
+    "prompt_2": "--prompt-2",
+    "negative_prompt": "--negative-prompt",
+    "negative_prompt_2": "--negative-prompt-2",
+    "num_inference_steps": "--steps",
+    "guidance_scale": "--guidance",
+    "sampler": "--sampler",
+    "seed": "--seed",
+    "width": "--width",
+    "height": "--height",
+    "num_images_per_prompt": "--num-images",
+    "strength": "--strength",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _add_generate(sub)
+    i = sub.add_parser("info", help="describe a model folder: components, dtypes, sizes, providers")
+    i.add_argument(
+        "model", nargs="?", default=None, metavar="DIR", help="model folder (default: the demo model)"
+    )
+    sub.add_parser("samplers", help="list the sampler names")
+    # Their modules import only the standard library at the top: `sdlite --help` stays fast.
+    from . import batch
+    from .server import cli as serve
 
+    batch.add_parser(sub)
+    serve.add_parser(sub)
+    sub.add_parser("export", help="export a diffusers model to ONNX (needs 'sdlite[export]')", add_help=False)
+    return p
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("generate", help="generate images from a prompt (text-to-image or image-to-image)")
     g.add_argument("prompt", help="what to draw")
     g.add_argument("--model", metavar="DIR", help="exported model folder (default: the embedded demo model)")
@@ -52,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--negative-prompt-2", default=None, metavar="TEXT", help="SDXL: negative prompt for encoder 2"
     )
-    g.add_argument("--steps", type=_int, default=None, help="sampling steps (default: the model's preset)")
+    g.add_argument("--steps", type=integer, default=None, help="sampling steps (default: the model's preset)")
     g.add_argument(
-        "--guidance", type=_float, default=None, help="classifier-free guidance scale (default: preset)"
+        "--guidance", type=number, default=None, help="classifier-free guidance scale (default: preset)"
     )
     g.add_argument("--sampler", default=None, help="sampler name, see 'sdlite samplers' (default: preset)")
     g.add_argument(
@@ -64,17 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="sampling defaults of a model family: sd, sdxl, sd-turbo, sdxl-turbo, lcm, lcm-lora "
         "(default: detected, see 'sdlite info')",
     )
-    g.add_argument("--seed", type=_int, default=None, help="seed of the first image (default random)")
-    g.add_argument("--width", type=_int, default=None, help="image width in pixels (default: model's)")
-    g.add_argument("--height", type=_int, default=None, help="image height in pixels (default: model's)")
-    g.add_argument("-n", "--num-images", type=_int, default=1, help="number of images (default 1)")
+    g.add_argument("--seed", type=integer, default=None, help="seed of the first image (default random)")
+    g.add_argument("--width", type=integer, default=None, help="image width in pixels (default: model's)")
+    g.add_argument("--height", type=integer, default=None, help="image height in pixels (default: model's)")
+    g.add_argument("-n", "--num-images", type=integer, default=1, help="number of images (default 1)")
     g.add_argument("--image", metavar="PATH", default=None, help="start from this image (image-to-image)")
     g.add_argument(
         "--mask", metavar="PATH", default=None, help="inpaint: white = repaint, black = keep (needs --image)"
     )
     g.add_argument(
         "--strength",
-        type=_float,
+        type=number,
         default=None,
         help="strength in (0, 1] (default 0.8 for image-to-image, 1.0 for inpainting)",
     )
@@ -88,33 +107,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
-    i = sub.add_parser("info", help="describe a model folder: components, dtypes, sizes, providers")
-    i.add_argument(
-        "model", nargs="?", default=None, metavar="DIR", help="model folder (default: the demo model)"
-    )
 
-    sub.add_parser("samplers", help="list the sampler names")
-    # Their modules import only the standard library at the top: `sdlite --help` stays fast.
-    from . import batch
-    from .server import cli as serve
+def _check_flags(args: argparse.Namespace) -> None:
+    """The rules that need no model, checked before it loads; the Pipeline checks the rest (sizes
+    need the model).  Named as the Pipeline names them; ``_flag_error`` adds the flag."""
+    for name in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2"):
+        if getattr(args, name) is not None:
+            rules.check_text(name, getattr(args, name))
+    n = rules.check_images(args.num_images, 1)
+    if args.steps is not None:
+        rules.check_int("num_inference_steps", args.steps, 1, rules.MAX_STEPS)
+    if args.guidance is not None:
+        rules.check_float("guidance_scale", args.guidance, *rules.GUIDANCE_RANGE)
+    if args.strength is not None:
+        rules.check_float("strength", args.strength, *rules.STRENGTH_RANGE, lo_open=True)
+    if args.seed is not None:
+        rules.check_seeds(args.seed, n)
+    if args.sampler is not None:
+        rules.check_sampler(args.sampler)
 
-    batch.add_parser(sub)
-    serve.add_parser(sub)
-    sub.add_parser("export", help="export a diffusers model to ONNX (needs 'sdlite[export]')", add_help=False)
-    return p
 
-
-def _default_model() -> Path:
-    try:
-        from .models import demo_path  # type: ignore[attr-defined]
-    except ImportError:
-        raise UsageError(
-            "no --model given and the embedded demo model is not part of this install; pass --model DIR"
-        ) from None
-    path = Path(demo_path())
-    if not (path / "unet" / "model.onnx").is_file():
-        raise UsageError(f"no --model given and the embedded demo model at {str(path)!r} is incomplete")
-    return path
+def _flag_error(err: rules.RuleError) -> str:
+    """A broken rule worded with the flag that set the value (and the Pipeline's name for it)."""
+    flag = FLAGS.get(err.field)
+    if flag is None:
+        return str(err)
+    label = flag if flag[2:].replace("-", "_") == err.field else f"{flag} ({err.field})"
+    return str(rules.RuleError(label, err.allowed, err.value))
 
 
 def _out_paths(pattern: str, seeds: Sequence[int]) -> list[Path]:
@@ -137,11 +156,9 @@ def _check_out(pattern: str) -> None:
         raise UsageError(f"--out: folder {str(parent)!r} is not writable")
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from PIL import Image  # noqa: F401  (fail early if Pillow is broken)
-
+def _inputs(args: argparse.Namespace) -> tuple[Any, Any]:
+    """--out, --image, --mask and --preset checked (and the images read) before the model loads."""
     from . import images
-    from .pipeline import Pipeline
 
     _check_out(args.out)
     image = images.load_image(args.image, "--image") if args.image is not None else None
@@ -156,9 +173,11 @@ def _generate(args: argparse.Namespace) -> int:
         from .inpaint import load_mask
 
         mask = load_mask(args.mask, "--mask")
-    model = Path(args.model) if args.model else _default_model()
-    pipe = Pipeline.from_pretrained(model, provider=args.provider, preset=args.preset)
+    return image, mask
 
+
+def _progress(args: argparse.Namespace) -> tuple[Any, Any]:
+    """A tqdm bar on stderr opened by the first step (it learns the total then), and its closer."""
     bar: Any = None
 
     def progress(step: int, total: int, latents: Any) -> None:
@@ -169,6 +188,23 @@ def _generate(args: argparse.Namespace) -> int:
             bar = tqdm(total=total, file=sys.stderr, unit="step", leave=True, desc="sampling")
         bar.update(1)
 
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return (None if args.quiet else progress), close
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from PIL import Image  # noqa: F401  (fail early if Pillow is broken)
+
+    from . import images
+    from .pipeline import Pipeline
+
+    _check_flags(args)
+    image, mask = _inputs(args)
+    pipe = Pipeline.from_pretrained(model_path(args.model), provider=args.provider, preset=args.preset)
+    progress, close = _progress(args)
     try:
         out = pipe(
             args.prompt,
@@ -185,11 +221,10 @@ def _generate(args: argparse.Namespace) -> int:
             image=image,
             strength=args.strength,
             mask_image=mask,
-            callback=None if args.quiet else progress,
+            callback=progress,
         )
     finally:
-        if bar is not None:
-            bar.close()
+        close()
     for path, img, params in zip(_out_paths(args.out, out.seeds), out.images, out.parameters, strict=True):
         images.save_png(img, path, params)
         print(path)
@@ -203,7 +238,7 @@ def _info(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
     from .sessions import installed_ort_wheels, resolve_providers
 
-    model = Path(args.model) if args.model else _default_model()
+    model = model_path(args.model)
     folder = load_folder(model)
     pipe = Pipeline(folder, resolve_providers("cpu"))  # sessions on CPU: only their graphs matter here
     # Named by folder: a refiner has only text_encoder_2, SDXL both.
@@ -284,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return serve.run(args)
         return _samplers()
+    except rules.RuleError as err:
+        print(f"sdlite: error: {_flag_error(err)}", file=sys.stderr)
+        return 2
     except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"sdlite: error: {err}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from sdlite import batch, cli
+from sdlite import batch_items, batch_manifest, cli
 from sdlite.models import demo_path
 from sdlite.pipeline import Pipeline
 
@@ -67,12 +67,12 @@ def _expected_ids() -> list[str]:
     ids = []
     for n, item in enumerate(JOB, start=1):
         line = n if n < MALFORMED_LINE else n + 1
-        ids.append(item.get("id", batch.line_id(line)))
+        ids.append(item.get("id", batch_items.line_id(line)))
     return ids
 
 
 def _manifest(out: Path) -> list[dict]:
-    path = out / batch.MANIFEST
+    path = out / batch_manifest.MANIFEST
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -80,7 +80,7 @@ def _manifest(out: Path) -> list[dict]:
 
 def _ok_count(out: Path) -> int:
     """Images recorded so far, read while the job writes (its last line may be half-written)."""
-    path = out / batch.MANIFEST
+    path = out / batch_manifest.MANIFEST
     text = path.read_text() if path.exists() else ""
     return sum('"status": "ok"' in line for line in text.split("\n")[:-1])
 
@@ -119,7 +119,7 @@ def killed_and_resumed(tmp_path_factory) -> tuple[Path, Path, int, int]:
     done_before = _ok_count(out)
     assert done_before < len(JOB), "killed too late to test resuming"
     # kill -9 in the middle of a manifest write leaves a line without its end.
-    with open(out / batch.MANIFEST, "ab") as f:
+    with open(out / batch_manifest.MANIFEST, "ab") as f:
         f.write(b'{"id": "cat-1", "line": 1, "status": "o')
     (out / ".cat-1.png.0badc0de.tmp").write_bytes(b"\x89PNG")  # ... or in the middle of a PNG write
     rerun = subprocess.run(_cmd(job, out), capture_output=True, text=True, timeout=300)
@@ -137,7 +137,8 @@ def test_killed_job_resumes_without_loss_or_duplicates(killed_and_resumed):
     assert sorted(r["id"] for r in ok) == sorted(ids)  # each valid id: exactly one ok line
     errors = [r for r in records if r["status"] == "error"]
     assert len(errors) == 1 and errors[0]["line"] == MALFORMED_LINE and "not JSON" in errors[0]["error"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{i}.png" for i in ids] + [batch.MANIFEST])
+    expected = [f"{i}.png" for i in ids] + [batch_manifest.MANIFEST]
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
     for r in ok:
         assert r["png"] == f"{r['id']}.png" and r["seed"] == r["parameters"]["seed"]
         assert 1 <= r["timings"]["batch_images"] <= 3 and r["timings"]["unet"] > 0
@@ -149,7 +150,7 @@ def test_resumed_images_equal_one_by_one_run(killed_and_resumed, demo_pipe):
     by_id = {r["id"]: r for r in _manifest(out) if r["status"] == "ok"}
     for item_id, item in zip(_expected_ids(), JOB, strict=True):
         rec = by_id[item_id]
-        seed = item.get("seed", batch.derived_seed(item_id))
+        seed = item.get("seed", batch_items.derived_seed(item_id))
         assert rec["seed"] == seed
         alone = demo_pipe(
             item["prompt"],
@@ -198,7 +199,7 @@ def test_exit_status_counts_failures_and_edited_lines_rerun(tmp_path, capsys):
     assert "duplicate id 'a'" in errors[2] and "path separators" in errors[3]
     assert "'colour'" in errors[4] and "prompt" in errors[4]  # the unknown key and the allowed ones
     assert "'no-such-sampler'" in errors[6] and "JSON object" in errors[7]
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", batch.MANIFEST]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", batch_manifest.MANIFEST]
     assert not (tmp_path / "escape.png").exists()
 
     # Rerun: input errors are not recorded again, the generation failure is retried.
@@ -250,13 +251,13 @@ def test_missing_file_via_subprocess_exits_2(tmp_path):
 def test_parse_job_resolves_defaults_and_seeds(tmp_path):
     job = tmp_path / "j.jsonl"
     job.write_text('{"prompt": "a"}\n\n{"id": "x", "prompt": "b", "seed": 7, "guidance": 2}\n')
-    d = batch.Defaults(steps=5, guidance=4.0, sampler="ddim", width=64, height=48, size_multiple=16)
-    items, errors = batch.parse_job(job, d)
+    d = batch_items.Defaults(steps=5, guidance=4.0, sampler="ddim", width=64, height=48, size_multiple=16)
+    items, errors = batch_items.parse_job(job, d)
     assert errors == [] and [it.id for it in items] == ["line-0001", "x"]
     assert items[0].params == {
         "prompt": "a",
         "negative_prompt": None,
-        "seed": batch.derived_seed("line-0001"),
+        "seed": batch_items.derived_seed("line-0001"),
         "steps": 5,
         "guidance": 4.0,
         "sampler": "ddim",
@@ -264,28 +265,28 @@ def test_parse_job_resolves_defaults_and_seeds(tmp_path):
         "height": 48,
     }
     assert items[1].params["seed"] == 7 and items[1].params["guidance"] == 2.0
-    assert batch.derived_seed("x") == batch.derived_seed("x") != batch.derived_seed("y")
+    assert batch_items.derived_seed("x") == batch_items.derived_seed("x") != batch_items.derived_seed("y")
     for bad in ("", ".hidden", "a/b", "a\\b", "a\nb", "x" * 201, 5):
         with pytest.raises(ValueError, match="id"):
-            batch.check_id(bad)
+            batch_items.check_id(bad)
 
 
 def test_grouping_keeps_compatible_items_together():
-    def it(i: int, **p) -> batch.Item:
+    def it(i: int, **p) -> batch_items.Item:
         base = {"width": 64, "height": 64, "steps": 4, "sampler": "unipc", "guidance": 7.5}
-        return batch.Item(str(i), i, {**base, **p})
+        return batch_items.Item(str(i), i, {**base, **p})
 
-    groups = batch.group([it(1), it(2, steps=5), it(3), it(4), it(5, negative_prompt="x")], 2)
+    groups = batch_items.group([it(1), it(2, steps=5), it(3), it(4), it(5, negative_prompt="x")], 2)
     assert [[x.id for x in g] for g in groups] == [["1", "3"], ["4", "5"], ["2"]]
 
 
 def test_second_job_on_the_same_folder_is_refused(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    first = batch.Manifest(out)
+    first = batch_manifest.Manifest(out)
     try:
         with pytest.raises(ValueError, match="another sdlite batch"):
-            batch.Manifest(out)
+            batch_manifest.Manifest(out)
     finally:
         first.close()
 

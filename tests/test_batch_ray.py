@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from sdlite import batch, cli
+from sdlite import batch_manifest, cli
 from test_batch import STEPS, THREADS, _expected_ids, _write_job
 
 
@@ -37,7 +37,7 @@ def _processes_of(ray_tmp: str) -> list[str]:
 
 
 def _records(out: Path) -> dict[tuple, dict]:
-    recs = [json.loads(line) for line in (out / batch.MANIFEST).read_text().splitlines()]
+    recs = [json.loads(line) for line in (out / batch_manifest.MANIFEST).read_text().splitlines()]
     return {(r["id"], r["line"]): {k: r[k] for k in ("status", "parameters", "seed", "png")} for r in recs}
 
 
@@ -73,7 +73,7 @@ def test_ray_engine_gives_the_local_engines_pixels(tmp_path, capsys):
     assert _records(on_ray) == _records(local)
     names = sorted(p.name for p in local.iterdir())
     assert names == sorted(p.name for p in on_ray.iterdir())
-    assert names == sorted([f"{i}.png" for i in _expected_ids()] + [batch.MANIFEST])
+    assert names == sorted([f"{i}.png" for i in _expected_ids()] + [batch_manifest.MANIFEST])
     for name in (n for n in names if n.endswith(".png")):
         with Image.open(local / name) as a, Image.open(on_ray / name) as b:
             assert np.array_equal(np.asarray(a), np.asarray(b)), name

@@ -1,7 +1,8 @@
 """The HTTP routes: AUTOMATIC1111's API, OpenAI's images/generations, the page, health and metrics.
 
-Every generation request is checked in full here (422 naming the field) before it joins the
-queue, so that one bad request can never fail the batch it would have shared.  Then it waits for
+Every generation request is checked in full (``schemas.py``, then ``jobs.py`` with the model's
+facts; both by ``sdlite.rules``, a 422 naming the field) before it joins the queue, so that one
+bad request can never fail the batch it would have shared.  Then it waits for
 its job while watching its connection: a client that goes away cancels its work.
 """
 
@@ -11,7 +12,7 @@ import asyncio
 import base64
 import io
 import json
-import secrets
+import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,14 +21,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, PngImagePlugin
 
-from .. import images
-from ..pipeline import MAX_PIXELS
-from ..samplers import SAMPLERS, make_scheduler
-from ..samplers.names import A1111, normalize
+from .. import images, rules
+from ..rules import RuleError
+from ..samplers import SAMPLERS
+from ..samplers.names import A1111
+from . import jobs
 from .batcher import Batcher, BatchKey, Interrupted, Job, JobResult, QueueFull, TaskIdInUse
 from .guards import guard
 from .metrics import CONTENT_TYPE, Metrics
@@ -39,7 +42,6 @@ except PackageNotFoundError:  # a source tree without an install
     sdlite_version = "0+unknown"
 STATIC = Path(__file__).resolve().parent / "static"
 POLL_SECONDS = 0.1  # how often a waiting request checks that its client is still there
-SCHEDULE_WORDS = {"karras": "Karras", "exponential": "Exponential"}
 
 
 @dataclass
@@ -58,10 +60,6 @@ def _invalid(loc: tuple[Any, ...], msg: str, value: Any = None) -> RequestValida
     return RequestValidationError(
         [{"type": "value_error", "loc": ("body", *loc), "msg": msg, "input": value}]
     )
-
-
-def _random_seed() -> int:
-    return secrets.randbits(32)
 
 
 def _png_b64(image: Image.Image, parameters: str) -> str:
@@ -98,52 +96,11 @@ class Server:
         self.metrics.queue_depth._read = self.batcher.depth
         self.model_name = pipe.folder.name
         # What a request that leaves them out gets: the model family's preset (SD: UniPC, 20 steps,
-        # 7.5; SD-Turbo: 1 step, no guidance; ...).  The sampler stays None so that the pipeline
-        # applies the preset's sampler options (e.g. trailing timesteps) with it.
-        preset = getattr(pipe, "preset", None)
-        self.default_steps = preset.steps if preset else 20
-        self.default_guidance = float(preset.guidance) if preset else 7.5
-        self.default_sampler = preset.sampler if preset else "unipc"
-
-    # --- checks that need the model --------------------------------------------------------
-
-    def size(self, width: int | None, height: int | None, default: tuple[int, int]) -> tuple[int, int]:
-        f = self.pipe.vae_scale_factor
-        m = getattr(self.pipe, "size_multiple", f)
-        static = getattr(self.pipe, "_static_hw", (None, None))
-        out = []
-        for name, value, dflt, fixed in (
-            ("width", width, default[0], static[1]),
-            ("height", height, default[1], static[0]),
-        ):
-            value = dflt if value is None else value
-            if value % m:
-                raise _invalid(
-                    (name,), f"must be a multiple of {m} (the VAE's factor x the U-Net's downsampling)", value
-                )
-            if fixed is not None and value != fixed * f:
-                raise _invalid(
-                    (name,), f"must be {fixed * f}: this model was exported with a fixed size", value
-                )
-            out.append(value)
-        if out[0] * out[1] > MAX_PIXELS:
-            raise _invalid(("width",), f"width x height must be at most {MAX_PIXELS} pixels", out[0])
-        return out[0], out[1]
-
-    def sampler(self, name: str | None, loc: str, schedule: str | None = None) -> str | None:
-        if name is None:
-            return None  # the preset's
-        word = SCHEDULE_WORDS.get((schedule or "").strip().lower())
-        if word and word.lower() not in name.lower():
-            name = f"{name} {word}"
-        try:
-            make_scheduler(name, self.pipe.scheduler_config)
-        except ValueError:
-            names = ", ".join(A1111)
-            raise _invalid(
-                (loc,), f"unknown sampler; GET /sdapi/v1/samplers lists them: {names}", name
-            ) from None
-        return normalize(name)  # so that "Euler a" and "euler_a" requests share a batch
+        # 7.5; SD-Turbo: 1 step, no guidance; ...).  A job's sampler stays None so that the
+        # pipeline applies the preset's sampler options (e.g. trailing timesteps) with it.
+        self.default_steps = pipe.preset.steps
+        self.default_guidance = float(pipe.preset.guidance)
+        self.default_sampler = pipe.preset.sampler
 
     # --- waiting for the model -------------------------------------------------------------
 
@@ -230,97 +187,67 @@ def _a1111_samplers() -> list[dict[str, Any]]:
     ]
 
 
-def create_app(pipe: Any, settings: Settings | None = None) -> Any:
-    """The ASGI application serving ``pipe`` (a loaded ``Pipeline``), guards included."""
-    settings = settings or Settings()
-    server = Server(pipe, settings)
+def _json_safe(value: Any) -> Any:
+    """An error's echoed input without what JSON in UTF-8 cannot carry (a 500 otherwise): NaN/inf
+    floats become their repr, lone surrogates a \\udXXX escape."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):  # noqa: ANN202
-        server.batcher.start()
-        try:
-            yield
-        finally:
-            await asyncio.to_thread(server.batcher.stop)
 
-    app = FastAPI(title="sdlite", version=sdlite_version, lifespan=lifespan)
-    app.state.server = server
+def _add_error_handlers(app: FastAPI) -> None:
+    """422 in FastAPI's shape for the rules checked here (``jobs.py``) as for pydantic's."""
 
-    async def a1111(
-        request: Request, req: A1111Txt2Img, init: list[Image.Image] | None, strength: float | None
-    ) -> Any:
-        default = (pipe.default_size, pipe.default_size)
-        if init is not None:  # as the Pipeline: the init image's size, rounded down to the multiple
-            f = pipe.size_multiple
-            default = (max(init[0].width // f * f, f), max(init[0].height // f * f, f))
-        width, height = server.size(req.width, req.height, default)
-        sampler = server.sampler(req.sampler_name, "sampler_name", req.scheduler)
-        steps = server.default_steps if req.steps is None else req.steps
-        guidance = server.default_guidance if req.cfg_scale is None else float(req.cfg_scale)
-        if strength is not None and int(steps * strength) < 1:
-            raise _invalid(
-                ("denoising_strength",), f"steps x denoising_strength must be >= 1 (steps={steps})", strength
-            )
-        n = req.n_images
-        base = _random_seed() if req.seed == -1 else req.seed
-        if base + n - 1 > 2**64 - 1:
-            raise _invalid(("seed",), "seed + images - 1 must fit in 64 bits", req.seed)
-        key = BatchKey(width, height, steps, sampler, guidance, strength)
-        job = Job(
-            key,
-            [req.prompt] * n,
-            [req.negative_prompt] * n,
-            [base + i for i in range(n)],
-            None if init is None else [init[i % len(init)] for i in range(n)],
-        )
-        if req.force_task_id:
-            job.task_id = req.force_task_id
-        result = await server.generate(request, job)
-        if isinstance(result, Response):
-            return result
-        images = await asyncio.to_thread(
-            lambda: [_png_b64(im, p) for im, p in zip(result.images, result.parameters, strict=True)]
-        )
-        params = req.model_dump()
-        if init is not None:
-            params["init_images"] = None  # as A1111: the response does not echo megabytes back
-        return {
-            "images": images,
-            "parameters": params,
-            "info": _a1111_info(req, result, server, key),
-        }
+    async def rule_broken(request: Request, err: Exception) -> JSONResponse:
+        assert isinstance(err, RuleError)
+        detail = [{"type": "value_error", "loc": ["body", err.field], "msg": str(err), "input": err.value}]
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(detail))}, status_code=422)
+
+    async def invalid_body(request: Request, err: Exception) -> JSONResponse:
+        assert isinstance(err, RequestValidationError)
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(err.errors()))}, status_code=422)
+
+    app.add_exception_handler(RuleError, rule_broken)
+    app.add_exception_handler(RequestValidationError, invalid_body)
+
+
+async def _respond_a1111(request: Request, server: Server, req: A1111Txt2Img, job: Job) -> Any:
+    result = await server.generate(request, job)
+    if isinstance(result, Response):
+        return result
+    images = await asyncio.to_thread(
+        lambda: [_png_b64(im, p) for im, p in zip(result.images, result.parameters, strict=True)]
+    )
+    params = req.model_dump()
+    if job.images is not None:
+        params["init_images"] = None  # as A1111: the response does not echo megabytes back
+    return {"images": images, "parameters": params, "info": _a1111_info(req, result, server, job.key)}
+
+
+def _add_generation_routes(app: FastAPI, server: Server) -> None:
+    pipe = server.pipe
 
     @app.post("/sdapi/v1/txt2img")
     async def txt2img(request: Request, req: A1111Txt2Img) -> Any:
-        return await a1111(request, req, None, None)
+        return await _respond_a1111(request, server, req, jobs.a1111_job(pipe, req, None, None))
 
     @app.post("/sdapi/v1/img2img")
     async def img2img(request: Request, req: A1111Img2Img) -> Any:
         if pipe.vae_encoder is None:
             raise _invalid(("init_images",), "this model has no VAE encoder: image-to-image is unavailable")
-        init = await asyncio.to_thread(_decode_images, req.init_images, "init_images", MAX_PIXELS)
-        return await a1111(request, req, init, float(req.denoising_strength))
+        init = await asyncio.to_thread(_decode_images, req.init_images, "init_images", rules.MAX_INPUT_PIXELS)
+        job = jobs.a1111_job(pipe, req, init, float(req.denoising_strength))
+        return await _respond_a1111(request, server, req, job)
 
     @app.post("/v1/images/generations")
     async def openai_images(request: Request, req: OpenAIImages) -> Any:
-        w = h = None
-        if req.size is not None:
-            w, h = (int(v) for v in req.size.split("x"))
-        try:
-            width, height = server.size(w, h, (pipe.default_size, pipe.default_size))
-        except RequestValidationError as err:
-            raise _invalid(("size",), err.errors()[0]["msg"], req.size) from None
-        sampler = server.sampler(req.sampler, "sampler")
-        base = _random_seed() if req.seed is None else req.seed
-        steps = server.default_steps if req.steps is None else req.steps
-        guidance = server.default_guidance if req.guidance_scale is None else float(req.guidance_scale)
-        job = Job(
-            BatchKey(width, height, steps, sampler, guidance, None),
-            [req.prompt] * req.n,
-            [req.negative_prompt] * req.n,
-            [base + i for i in range(req.n)],
-        )
-        result = await server.generate(request, job)
+        result = await server.generate(request, jobs.openai_job(pipe, req))
         if isinstance(result, Response):
             return result
         images = await asyncio.to_thread(
@@ -331,6 +258,8 @@ def create_app(pipe: Any, settings: Settings | None = None) -> Any:
             "data": [{"b64_json": b, "revised_prompt": req.prompt} for b in images],
         }
 
+
+def _add_progress_routes(app: FastAPI, server: Server) -> None:
     @app.get("/sdapi/v1/progress")
     async def progress(id_task: str | None = None) -> Any:
         p = server.batcher.progress(id_task)
@@ -365,6 +294,10 @@ def create_app(pipe: Any, settings: Settings | None = None) -> Any:
                 ("id_task",), "required: the force_task_id of the request to stop (?id_task= or JSON)", task
             )
         return {"interrupted": server.batcher.interrupt(task)}
+
+
+def _add_info_routes(app: FastAPI, server: Server) -> None:
+    pipe, settings = server.pipe, server.settings
 
     @app.get("/sdapi/v1/samplers")
     async def samplers() -> Any:
@@ -412,6 +345,26 @@ def create_app(pipe: Any, settings: Settings | None = None) -> Any:
     async def page() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
+
+def create_app(pipe: Any, settings: Settings | None = None) -> Any:
+    """The ASGI application serving ``pipe`` (a loaded ``Pipeline``), guards included."""
+    settings = settings or Settings()
+    server = Server(pipe, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        server.batcher.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(server.batcher.stop)
+
+    app = FastAPI(title="sdlite", version=sdlite_version, lifespan=lifespan)
+    app.state.server = server
+    _add_error_handlers(app)
+    _add_generation_routes(app, server)
+    _add_progress_routes(app, server)
+    _add_info_routes(app, server)
     guarded: Any = guard(
         app,
         api_key=settings.api_key,

@@ -193,7 +193,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UsageError, _default_model
+    from ..errors import UsageError
+    from ..models_dir import default_model as _default_model
 
     check_args(args)
     key = api_key(args)

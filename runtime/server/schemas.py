@@ -3,43 +3,87 @@
 Only the fields sdlite acts on are declared; the many other fields A1111 clients send
 (restore_faces, styles, alwayson_scripts, ...) are accepted and ignored, as pydantic ignores
 unknown fields.  Range checks that depend on the model (multiples of the VAE factor, sampler
-names) are made in ``app.py`` and reported in the same 422 shape.
+names) are made in ``jobs.py`` and reported in the same 422 shape.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-MAX_IMAGES_PER_REQUEST = 64  # one request's batch_size x n_iter: more is a batch job, not a request
-MAX_SEED = 2**63 - 1
+from .. import rules
+from ..rules import MAX_IMAGES, RuleError
+
+OPENAI_MAX_N = 10  # OpenAI's images API takes n in [1, 10]; its clients expect that bound
 
 
-class A1111Txt2Img(BaseModel):
+class Checked(BaseModel):
+    """The rules that need no model, by the validators every entry point calls (``sdlite.rules``).
+
+    ``check_fields=False``: each body declares only some of these fields.
+    """
+
+    @field_validator("prompt", "negative_prompt", check_fields=False)
+    @classmethod
+    def _text(cls, value: Any, info: ValidationInfo) -> str:
+        return rules.check_text(str(info.field_name), value)
+
+    @field_validator("steps", check_fields=False)
+    @classmethod
+    def _steps(cls, value: int | None) -> int | None:
+        return value if value is None else rules.check_int("steps", value, 1, rules.MAX_STEPS)
+
+    @field_validator("cfg_scale", "guidance_scale", check_fields=False)
+    @classmethod
+    def _guidance(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is None:
+            return None
+        return rules.check_float(str(info.field_name), value, *rules.GUIDANCE_RANGE)
+
+    @field_validator("seed", check_fields=False)
+    @classmethod
+    def _seed(cls, value: int | None) -> int | None:
+        return value if value is None else rules.check_int("seed", value, 0, rules.MAX_SEED)
+
+
+class A1111Txt2Img(Checked):
     prompt: str = ""
     negative_prompt: str = ""
     # Left out (or null): the model family's preset (sdlite.presets), e.g. 20 steps and 7.5 for SD,
     # 1 step without guidance for SD-Turbo.
-    steps: int | None = Field(None, ge=1, le=500)
-    cfg_scale: float | None = Field(None, ge=0, le=100)
+    steps: int | None = None
+    cfg_scale: float | None = None
     # "DPM++ 2M Karras", "Euler a", ... (any name `sdlite samplers` lists).  Newer A1111 clients
     # send the schedule separately as `scheduler`: "Karras"/"Exponential" are appended to the name.
     sampler_name: str | None = None
     scheduler: str | None = None
-    seed: int = Field(-1, ge=-1, le=MAX_SEED)  # -1: random
-    width: int | None = Field(None, ge=1, le=8192)  # default: the model's native size (not 512)
-    height: int | None = Field(None, ge=1, le=8192)
-    batch_size: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST)
-    n_iter: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST)  # batches in A1111; here a multiplier
+    seed: int = -1  # -1: random
+    # Default: the model's native size (not 512); the size rules need the model (jobs.py).
+    width: int | None = None
+    height: int | None = None
+    batch_size: int = 1
+    n_iter: int = 1  # batches in A1111; here a multiplier
     force_task_id: str | None = Field(None, max_length=128)  # the id /sdapi/v1/progress?id_task= takes
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, value: int) -> int:  # A1111's -1 asks for a random seed
+        return value if value == -1 else rules.check_int("seed", value, 0, rules.MAX_SEED)
+
+    @field_validator("batch_size", "n_iter")
+    @classmethod
+    def _count(cls, value: int, info: ValidationInfo) -> int:
+        return rules.check_int(str(info.field_name), value, 1, MAX_IMAGES)
 
     @model_validator(mode="after")
     def _not_too_many(self) -> A1111Txt2Img:
-        if self.batch_size * self.n_iter > MAX_IMAGES_PER_REQUEST:
-            raise ValueError(
-                f"batch_size x n_iter must be at most {MAX_IMAGES_PER_REQUEST} images per request, "
-                f"got {self.batch_size} x {self.n_iter}"
+        if self.batch_size * self.n_iter > MAX_IMAGES:
+            # one request's images: more is a batch job, not a request
+            raise RuleError(
+                "batch_size x n_iter",
+                f"at most {MAX_IMAGES} images per call",
+                f"{self.batch_size} x {self.n_iter}",
             )
         return self
 
@@ -51,20 +95,25 @@ class A1111Txt2Img(BaseModel):
 class A1111Img2Img(A1111Txt2Img):
     # Base64 PNG/JPEG/WebP, with or without a "data:image/...;base64," prefix.  Image i of the
     # request starts from init_images[i % len(init_images)].
-    init_images: list[str] = Field(min_length=1, max_length=MAX_IMAGES_PER_REQUEST)
-    denoising_strength: float = Field(0.75, gt=0, le=1)
+    init_images: list[str] = Field(min_length=1, max_length=MAX_IMAGES)
+    denoising_strength: float = 0.75
+
+    @field_validator("denoising_strength")
+    @classmethod
+    def _strength(cls, value: float) -> float:
+        return rules.check_float("denoising_strength", value, *rules.STRENGTH_RANGE, lo_open=True)
 
 
-class OpenAIImages(BaseModel):
-    prompt: str = Field(min_length=1, max_length=32000)
-    n: int = Field(1, ge=1, le=10)
+class OpenAIImages(Checked):
+    prompt: str = Field(min_length=1)
+    n: int = Field(1, ge=1, le=OPENAI_MAX_N)
     size: str | None = Field(None, pattern=r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$")  # "WxH"; default: model's
     # Only inline images: the server keeps no files, so it has no URL to hand out ("url" -> 422).
     response_format: Literal["b64_json"] = "b64_json"
     model: str | None = None  # accepted and ignored: the server serves the one model it loaded
     # sdlite extensions (not in OpenAI's API) for reproducible results:
     negative_prompt: str = ""
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    steps: int | None = Field(None, ge=1, le=500)  # None: the model's preset, as for A1111
-    guidance_scale: float | None = Field(None, ge=0, le=100)
+    seed: int | None = None
+    steps: int | None = None  # None: the model's preset, as for A1111
+    guidance_scale: float | None = None
     sampler: str | None = None
