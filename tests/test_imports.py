@@ -36,21 +36,9 @@ BASE = (
 )
 FACADE = "sdlite"  # sdlite/__init__.py re-exports the pipeline: above the layers, below nothing
 
-# Known violations in files owned by others at the time of writing (issue #17): the integrator
-# removes each entry as its module is fixed at merge, until these sets are empty.
-ALLOWED_PRIVATE: set[tuple[str, str]] = {
-    ("sdlite.server.app", "self.metrics.queue_depth._read"),  # metrics.py: a public gauge reader
-}
-ALLOWED_PRIVATE_IMPORTS: set[tuple[str, str]] = {  # samplers/: being made public (issue #17, item 3)
-    ("sdlite.samplers.scheduler", "sdlite.samplers.schedule._sigmas_from_ac"),
-    ("sdlite.samplers.unipc", "sdlite.samplers.multistep._choice"),
-    ("sdlite.samplers.unipc", "sdlite.samplers.multistep._eps"),
-    ("sdlite.samplers.unipc", "sdlite.samplers.multistep._lambdas"),
-    ("sdlite.samplers.unipc", "sdlite.samplers.multistep._lincomb"),
-    ("sdlite.samplers.unipc", "sdlite.samplers.multistep._offset"),
-    ("sdlite.samplers.unipc", "sdlite.samplers.multistep._spec"),
-    ("sdlite.samplers.unipc", "sdlite.samplers.multistep._special_step"),
-}
+# Known exceptions (module, name): none, and the test keeps it so.
+ALLOWED_PRIVATE: set[tuple[str, str]] = set()
+ALLOWED_PRIVATE_IMPORTS: set[tuple[str, str]] = set()
 
 
 @dataclass

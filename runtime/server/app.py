@@ -93,7 +93,7 @@ class Server:
         self.batcher = Batcher(
             pipe, settings.max_batch, settings.batch_window_ms / 1000, settings.queue, self.metrics
         )
-        self.metrics.queue_depth._read = self.batcher.depth
+        self.metrics.queue_depth.read = self.batcher.depth
         self.model_name = pipe.folder.name
         # What a request that leaves them out gets: the model family's preset (SD: UniPC, 20 steps,
         # 7.5; SD-Turbo: 1 step, no guidance; ...).  A job's sampler stays None so that the

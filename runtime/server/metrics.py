@@ -49,13 +49,13 @@ class Gauge:
     """A gauge read when scraped (e.g. the queue length), so it can never be stale."""
 
     def __init__(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self.name, self.help, self._read = name, help_text, read
+        self.name, self.help, self.read = name, help_text, read
 
     def render(self) -> list[str]:
         return [
             f"# HELP {self.name} {self.help}",
             f"# TYPE {self.name} gauge",
-            f"{self.name} {_num(self._read())}",
+            f"{self.name} {_num(self.read())}",
         ]
 
 
