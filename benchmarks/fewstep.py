@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.common import CHARTS_SKIPPED, atomic_write, pyplot, save_figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEPS = (1, 2, 4)
@@ -169,11 +169,11 @@ def markdown(result: dict[str, Any], chart: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(result: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def chart(result: dict[str, Any], path: Path) -> Path | None:
+    """The timings as bars; None (nothing written) without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return None
 
     sizes = sorted({r["size"] for r in result["rows"]})
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.6))
@@ -187,19 +187,7 @@ def chart(result: dict[str, Any], path: Path) -> Path:
         ax.set_title(f"{size}x{size}, euler_a trailing, guidance 0")
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def _write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    return save_figure(plt, fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     result = run(quick=args.quick, cache_dir=args.cache)
-    args.out.mkdir(parents=True, exist_ok=True)
-    chart(result, args.out / "fewstep.png")
-    _write(args.out / "fewstep.json", json.dumps(result, indent=2) + "\n")
-    _write(args.out / "fewstep.md", markdown(result, "fewstep.png"))
+    png = chart(result, args.out / "fewstep.png")
+    atomic_write(args.out / "fewstep.json", json.dumps(result, indent=2) + "\n")
+    atomic_write(args.out / "fewstep.md", markdown(result, png.name if png else None))
+    if png is None:
+        print(CHARTS_SKIPPED)
     print(markdown(result))
     return 0
 
