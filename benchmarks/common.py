@@ -44,6 +44,7 @@ def pyplot() -> ModuleType | None:
 
 def save_figure(plt: ModuleType, fig, path: Path, **savefig) -> Path:
     """A chart written whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     fig.savefig(tmp, **savefig)
     plt.close(fig)

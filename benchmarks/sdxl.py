@@ -177,12 +177,14 @@ def prepare(cache_dir: Path, log=print) -> tuple[Path, Path]:
         [UNET_CONFIG, VAE_CONFIG, TEXT_CONFIG, TEXT_2_CONFIG, SCHEDULER_CONFIG], sort_keys=True
     )
     arch = hashlib.sha256(configs.encode()).hexdigest()[:8]
-    root = cache_dir / f"sdxl-arch-{models._key(models.REPO / 'tests' / 'tiny_models.py')}-{arch}"
+    root = cache_dir / f"sdxl-arch-{models.source_key(models.REPO / 'tests' / 'tiny_models.py')}-{arch}"
     log("[sdxl] diffusers folder")
     src = tm.cached_build(root, "diffusers", lambda p: build_sdxl_arch(p, tm.make_clip_tokenizer))
     log("[sdxl] sdlite export (fp32, cpu)")
     ours = tm.cached_build(
-        root / f"sdlite-{models._key(models.REPO / 'export')}", "onnx", lambda p: models.export_sdlite(src, p)
+        root / f"sdlite-{models.source_key(models.REPO / 'export')}",
+        "onnx",
+        lambda p: models.export_sdlite(src, p),
     )
     return src, ours
 

@@ -141,7 +141,7 @@ def test_docs_page_quotes_every_results_file(tmp_path):
     results = _results(tmp_path)
     page, readme = tmp_path / "docs" / "benchmarks.md", tmp_path / "README.md"
     page.parent.mkdir()
-    readme.write_text("# x\n<!-- headline:start -->\nold\n<!-- headline:end -->\ntail\n")
+    readme.write_text("# x\n<!-- headline:start -->\nOLD-TABLE\n<!-- headline:end -->\ntail\n")
     docs.write(docs=page, readme=readme, results=results)
     text = page.read_text()
     assert "| a | b |" in text and "![chart](../benchmarks/results/cpu-full.png)" in text
@@ -152,7 +152,7 @@ def test_docs_page_quotes_every_results_file(tmp_path):
     assert "gpu table" in text and "plumbing only" not in text
     assert "## Export: what int8 costs" in text and "Not measured yet." in text  # no int8 results here
     head = readme.read_text()
-    assert "old" not in head and head.endswith("<!-- headline:end -->\ntail\n")
+    assert "OLD-TABLE" not in head and head.endswith("<!-- headline:end -->\ntail\n")
     assert "| tiny 64², 20 UniPC steps: e2e vs optimum | 0.50× | 0.2 s vs 0.4 s |" in head
     docs.write(docs=page, readme=readme, results=results)  # idempotent
     assert (page.read_text(), readme.read_text()) == (text, head)
