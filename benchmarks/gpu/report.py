@@ -65,11 +65,11 @@ def _correctness(rows: list[dict]) -> list[str]:
 def _timeline(steps: list[dict]) -> list[str]:
     if not steps:
         return []
-    lines = ["**Timeline** (seconds since the phase's start; overlapping steps ran at once)", ""]
-    lines += ["| step | start | end | ok |", "|---|---:|---:|---|"]
+    lines = ["**Timeline** (seconds since the invocation's start; overlapping steps ran at once)", ""]
+    lines += ["| phase | step | start | end | ok |", "|---|---|---:|---:|---|"]
     for s in steps:
         ok = "reused" if s.get("reused") else s["ok"]
-        lines.append(f"| {s['step']} | {s['start_s']} | {s['end_s']} | {ok} |")
+        lines.append(f"| {s.get('phase')} | {s['step']} | {s['start_s']} | {s['end_s']} | {ok} |")
     return lines + [""]
 
 

@@ -97,7 +97,8 @@ class Run:
     def mark(self, name: str, started: float, ok: bool, **extra) -> None:
         """A step on the timeline, in seconds since this invocation started."""
         span = {"start_s": round(started - self.t0, 1), "end_s": round(time.monotonic() - self.t0, 1)}
-        self.doc["machine"]["timeline"].append({"step": name, **span, "ok": ok, **extra})
+        phase = (self.doc["machine"]["phases"] or ["?"])[-1]
+        self.doc["machine"]["timeline"].append({"phase": phase, "step": name, **span, "ok": ok, **extra})
 
     def finish(self, child: procs.Child) -> str | None:
         """Wait for ``child``; record it on the timeline; None when it succeeded, else why not."""

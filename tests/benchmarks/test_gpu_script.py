@@ -177,7 +177,7 @@ def test_diffusers_is_timed_alone_before_the_exports(small_run):
     # (c) timed last, diffusers got what the deadline left (nothing); timed beside the exports it
     # would share their cores.  The timeline shows it ended before any export or reference started.
     doc, out = small_run
-    steps = {s["step"]: s for s in doc["machine"]["timeline"]}
+    steps = {s["step"]: s for s in doc["machine"]["timeline"] if s["phase"] == "torch"}
     diffusers = steps["time-diffusers"]
     after = [s for name, s in steps.items() if name.startswith("export-") or name == "refs"]
     assert {"export-check-fp16", "refs"} <= set(steps) and after
