@@ -1,10 +1,15 @@
-"""``python -m benchmarks [--quick | --full] [--json PATH] [--readme]``.
+"""``python -m benchmarks [--quick | --full] [--json PATH] [--docs | --no-docs]``.
 
 --quick   the CI smoke test: tiny model, 5 runs per figure, no venv building (a cached install
           figure or null), the studies in their quick mode.  A few minutes.
 (default) tiny model, 7 runs, install footprint measured (venvs cached under .cache/benchmarks).
 --full    adds the SD 1.5 architecture (random weights): 10 steps, guidance 7.5, 256² vs
           diffusers and 512² vs optimum, 3 and 2 runs (a 512² image takes about a minute here).
+
+A default or full run then regenerates docs/benchmarks.md and the README's headline table
+(``python -m benchmarks.docs`` does that alone, from the results files); a quick run leaves
+them alone unless --docs.  Without matplotlib (the `bench` extra) the tables are written and
+the charts are skipped, with a note saying so.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks import readme, report, suite
+from benchmarks import docs, report, suite
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="results file (default benchmarks/results/cpu-<mode>.json)")
     parser.add_argument("--cache", type=Path, default=suite.models.DEFAULT_CACHE, help="build cache folder")
     parser.add_argument("--no-studies", action="store_true", help="skip the sampler/export/demo studies")
-    parser.add_argument("--readme", action="store_true", help="write the table and chart into README.md")
+    parser.add_argument(
+        "--docs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="regenerate docs/benchmarks.md and README's headline (default: yes, except --quick)",
+    )
     args = parser.parse_args(argv)
     if args.json is not None and args.json.suffix != ".json":
         parser.error(f"--json must name a .json file, got {str(args.json)!r}")
@@ -48,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = report.write(outcome.document(), outcome.studies, json_path)
     log(f"done in {time.perf_counter() - t:.0f} s: " + ", ".join(str(p) for p in paths.values()))
     print(paths["md"].read_text())
-    if args.readme:
-        readme.update(paths["md"])
-        log("README.md updated")
+    if args.docs if args.docs is not None else not args.quick:
+        quoted = paths["md"] if paths["md"].parent == docs.RESULTS else None
+        log(f"wrote {docs.write(quoted)} and README.md's headline")
     for failure in outcome.failures:
         log(failure)
     return 1 if outcome.failures else 0

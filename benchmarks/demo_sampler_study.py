@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 from sdlite import Pipeline
 from sdlite.models import demo_path
+
+from benchmarks.common import CHARTS_SKIPPED, atomic_write, pyplot, save_figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEPS = (4, 6, 8, 10, 15, 20, 30, 50)
@@ -169,19 +170,16 @@ def _markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write(r: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write(RESULTS / "demo_sampler_study.md", r["markdown"])
+    atomic_write(
+        RESULTS / "demo_sampler_study.json",
+        json.dumps({k: v for k, v in r.items() if k != "markdown"}, indent=1) + "\n",
+    )
+    plt = pyplot()
+    if plt is None:
+        print(CHARTS_SKIPPED)
+        return
     fig, ax = plt.subplots(figsize=(8, 5), dpi=80)
     for i, row in enumerate(r["rows"]):
         xs = [n for n in r["steps"] if row.get(str(n)) is not None]
@@ -197,15 +195,7 @@ def _write(r: dict) -> None:
     ax.set_title(f"Samplers on the demo model: distance to {r['reference']}", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    tmp = RESULTS / "demo_sampler_study.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, RESULTS / "demo_sampler_study.png")
-    _atomic_text(RESULTS / "demo_sampler_study.md", r["markdown"])
-    _atomic_text(
-        RESULTS / "demo_sampler_study.json",
-        json.dumps({k: v for k, v in r.items() if k != "markdown"}, indent=1) + "\n",
-    )
+    save_figure(plt, fig, RESULTS / "demo_sampler_study.png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import atomic_write
+
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 0.9  # fused <= 0.9x unfused at 512 px
@@ -210,6 +212,46 @@ def _run_export_stage(workdir: Path, quick: bool) -> dict[str, Any]:
     return export
 
 
+def _workdir(quick: bool, workdir: Path | None) -> tuple[Path, bool]:
+    """Where the graphs go, and whether they are kept after the run."""
+    keep = workdir is not None or not quick
+    if workdir is None and not quick:
+        # The SD 1.5 export takes minutes and ~17 GB of RAM: kept, keyed by what makes it (the
+        # exporter's sources, the architecture, the exporting packages' versions), and reused.
+        from benchmarks.models import source_key
+
+        key = source_key(REPO / "export", REPO / "benchmarks" / "sd15.py")
+        workdir = REPO / ".cache" / "benchmarks" / f"export_unet-sd15-{key}"
+    elif workdir is None:
+        root = REPO / ".cache" / "benchmarks"
+        root.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix="export_unet-", dir=root))
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir, keep
+
+
+def _exported(workdir: Path, quick: bool) -> dict[str, Any]:
+    if (workdir / "export.json").is_file() and (workdir / "fused" / "model.onnx").is_file():
+        return {**json.loads((workdir / "export.json").read_text()), "reused": True}
+    return _run_export_stage(workdir, quick)
+
+
+def _time_calls(workdir: Path, config: dict[str, Any], sizes: tuple[int, ...]) -> tuple[dict, dict, dict]:
+    """(median per call by size and engine, every ONNX call by size and engine, the profile)."""
+    per_call: dict[str, dict[str, float]] = {str(px): {} for px in sizes}
+    calls: dict[str, dict[str, list[float]]] = {str(px): {} for px in sizes}
+    for px, seconds in _time_torch(config, sizes).items():
+        per_call[str(px)]["pytorch"] = round(seconds, 3)
+        print(f"{px} px pytorch: {seconds:.3f} s", flush=True)
+    graphs = {"onnx_plain": workdir / "plain" / "model.onnx", "onnx_fused": workdir / "fused" / "model.onnx"}
+    for engine, by_size in _time_onnx_pair(graphs, config, sizes, ROUNDS).items():
+        for px, seconds in by_size.items():
+            per_call[str(px)][engine] = round(statistics.median(seconds), 3)
+            calls[str(px)][engine] = [round(x, 3) for x in seconds]
+            print(f"{px} px {engine}: {', '.join(f'{x:.3f}' for x in seconds)} s", flush=True)
+    return per_call, calls, _profile_ops(graphs, config, max(sizes))
+
+
 def run(quick: bool = False, workdir: Path | None = None) -> dict[str, Any]:
     """Export (child process) then per-call times; returns the result dict.
 
@@ -223,42 +265,11 @@ def run(quick: bool = False, workdir: Path | None = None) -> dict[str, Any]:
     described = machine.describe(REPO)  # at the start: its load average is the starting one
     config = _unet_config(quick)
     sizes = (64,) if quick else (256, 512)
-    keep = workdir is not None or not quick
-    if workdir is None and not quick:
-        # The SD 1.5 export takes minutes and ~17 GB of RAM: kept, keyed by what makes it (the
-        # exporter's sources, the architecture, the exporting packages' versions), and reused.
-        from benchmarks.models import _key
-
-        key = _key(REPO / "export", REPO / "benchmarks" / "sd15.py")
-        workdir = REPO / ".cache" / "benchmarks" / f"export_unet-sd15-{key}"
-    elif workdir is None:
-        root = REPO / ".cache" / "benchmarks"
-        root.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix="export_unet-", dir=root))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir, keep = _workdir(quick, workdir)
     try:
-        if (workdir / "export.json").is_file() and (workdir / "fused" / "model.onnx").is_file():
-            export = json.loads((workdir / "export.json").read_text())
-            export["reused"] = True
-        else:
-            export = _run_export_stage(workdir, quick)
+        export = _exported(workdir, quick)
         print(f"export: {export}", flush=True)
-
-        per_call: dict[str, dict[str, float]] = {str(px): {} for px in sizes}
-        calls: dict[str, dict[str, list[float]]] = {str(px): {} for px in sizes}
-        for px, seconds in _time_torch(config, sizes).items():
-            per_call[str(px)]["pytorch"] = round(seconds, 3)
-            print(f"{px} px pytorch: {seconds:.3f} s", flush=True)
-        graphs = {
-            "onnx_plain": workdir / "plain" / "model.onnx",
-            "onnx_fused": workdir / "fused" / "model.onnx",
-        }
-        for engine, by_size in _time_onnx_pair(graphs, config, sizes, ROUNDS).items():
-            for px, seconds in by_size.items():
-                per_call[str(px)][engine] = round(statistics.median(seconds), 3)
-                calls[str(px)][engine] = [round(x, 3) for x in seconds]
-                print(f"{px} px {engine}: {', '.join(f'{x:.3f}' for x in seconds)} s", flush=True)
-        profile = _profile_ops(graphs, config, max(sizes))
+        per_call, calls, profile = _time_calls(workdir, config, sizes)
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -349,13 +360,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -366,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.export_stage is not None:
         info = export_stage(args.export_stage, args.quick)
-        _write_atomic(args.export_stage / "export.json", json.dumps(info))
+        atomic_write(args.export_stage / "export.json", json.dumps(info))
         return
     result = run(quick=args.quick, workdir=args.workdir)
     print(markdown(result))
@@ -376,8 +380,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def write(result: dict[str, Any]) -> None:
     """benchmarks/results/export_unet.{json,md} (also called by the suite)."""
-    _write_atomic(RESULTS / "export_unet.json", json.dumps(result, indent=2) + "\n")
-    _write_atomic(RESULTS / "export_unet.md", markdown(result))
+    atomic_write(RESULTS / "export_unet.json", json.dumps(result, indent=2) + "\n")
+    atomic_write(RESULTS / "export_unet.md", markdown(result))
 
 
 if __name__ == "__main__":

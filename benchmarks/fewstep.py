@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.common import CHARTS_SKIPPED, atomic_write, pyplot, save_figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEPS = (1, 2, 4)
@@ -52,19 +52,14 @@ def _time(fn, runs: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def run(quick: bool = False, cache_dir: Path | None = None, log=print) -> dict[str, Any]:
+def _pipelines(model, threads: int):
+    """sdlite on its export with the sd-turbo preset; diffusers with the same sampler settings."""
     import diffusers
     import torch
     from sdlite import Pipeline
 
-    from benchmarks import machine, models
-
-    # One thread each: the fairest split on a shared machine (an oversubscribed multi-threaded
-    # torch or ORT spends its time waiting for cores), and both systems scale alike with more.
-    threads = 1
     torch.set_num_threads(threads)
     diffusers.utils.logging.set_verbosity_error()
-    model = models.tiny(cache_dir or models.DEFAULT_CACHE, log=log)
     ours = Pipeline.from_pretrained(model.sdlite_dir, provider="cpu", num_threads=threads, preset="sd-turbo")
     ref = diffusers.StableDiffusionPipeline.from_pretrained(
         model.diffusers_dir, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
@@ -73,67 +68,71 @@ def run(quick: bool = False, cache_dir: Path | None = None, log=print) -> dict[s
         ref.scheduler.config, timestep_spacing="trailing"
     )
     ref.set_progress_bar_config(disable=True)
+    return ours, ref
+
+
+def _with_our_noise(call_ref, draws: list[np.ndarray]):
+    """diffusers' image with its ancestral noise replaced by our per-step draws: the same image."""
+    import torch
+
+    module = importlib.import_module(EULER_A)
+    original, feed = module.randn_tensor, iter(draws)
+    module.randn_tensor = lambda *a, **k: torch.from_numpy(next(feed))
+    try:
+        return call_ref().images
+    finally:
+        module.randn_tensor = original
+
+
+def _row(ours, ref, size: int, steps: int, factor: int, runs: int) -> dict[str, Any]:
+    import torch
+
+    draws = _draws(SEED, (4, size // factor, size // factor), 1 + steps)
+
+    def call_ours():
+        # Steps, sampler and guidance 0 come from the sd-turbo preset.
+        return ours(PROMPT, num_inference_steps=steps, height=size, width=size, seed=SEED, output_type="np")
+
+    def call_ref():
+        with torch.no_grad():
+            gen = {"num_inference_steps": steps, "guidance_scale": 0.0, "height": size, "width": size}
+            return ref(PROMPT, latents=torch.from_numpy(draws[0]), output_type="np", **gen)
+
+    unet_s: list[float] = []
+    ours_s, ours_runs = _time(lambda: unet_s.append(call_ours().timings["unet"]), runs)
+    ref_s, ref_runs = _time(call_ref, runs)
+    diff = float(np.abs(call_ours().images - _with_our_noise(call_ref, draws[1:])).max() * 255)
+    return {
+        "size": size,
+        "steps": steps,
+        "sdlite_s": round(ours_s, 4),
+        "diffusers_s": round(ref_s, 4),
+        "speedup": round(ref_s / ours_s, 2),
+        "sdlite_unet_s": round(statistics.median(unet_s[1:]), 4),
+        "sdlite_runs_s": [round(t, 4) for t in ours_runs],
+        "diffusers_runs_s": [round(t, 4) for t in ref_runs],
+        "max_pixel_diff_255": float(f"{diff:.3g}"),
+    }
+
+
+def run(quick: bool = False, cache_dir: Path | None = None, log=print) -> dict[str, Any]:
+    from benchmarks import machine, models
+
+    # One thread each: the fairest split on a shared machine (an oversubscribed multi-threaded
+    # torch or ORT spends its time waiting for cores), and both systems scale alike with more.
+    threads = 1
+    model = models.tiny(cache_dir or models.DEFAULT_CACHE, log=log)
+    ours, ref = _pipelines(model, threads)
     runs = 3 if quick else 5
     rows = []
     for size in SIZES:
-        shape1 = (4, size // model.latent_factor, size // model.latent_factor)
         for steps in STEPS:
-            draws = _draws(SEED, shape1, 1 + steps)
-            latents = draws[0]
-
-            def call_ours(steps=steps, size=size):
-                # Steps, sampler and guidance 0 come from the sd-turbo preset.
-                return ours(
-                    PROMPT, num_inference_steps=steps, height=size, width=size, seed=SEED, output_type="np"
-                )
-
-            def call_ref(steps=steps, size=size, latents=latents):
-                with torch.no_grad():
-                    return ref(
-                        PROMPT,
-                        num_inference_steps=steps,
-                        guidance_scale=0.0,
-                        height=size,
-                        width=size,
-                        latents=torch.from_numpy(latents),
-                        output_type="np",
-                    )
-
-            unet_s: list[float] = []
-
-            def timed_ours(call=call_ours, unet_s=unet_s):
-                unet_s.append(call().timings["unet"])
-
-            ours_s, ours_runs = _time(timed_ours, runs)
-            ref_s, ref_runs = _time(call_ref, runs)
-            got = call_ours()
-            # Same image check: diffusers' ancestral noise replaced by our per-step draws.
-            module = importlib.import_module(EULER_A)
-            original = module.randn_tensor
-            feed = iter(draws[1:])
-            module.randn_tensor = lambda *a, _feed=feed, **k: torch.from_numpy(next(_feed))
-            try:
-                want = call_ref().images
-            finally:
-                module.randn_tensor = original
-            diff = float(np.abs(got.images - want).max() * 255)
-            rows.append(
-                {
-                    "size": size,
-                    "steps": steps,
-                    "sdlite_s": round(ours_s, 4),
-                    "diffusers_s": round(ref_s, 4),
-                    "speedup": round(ref_s / ours_s, 2),
-                    "sdlite_unet_s": round(statistics.median(unet_s[1:]), 4),
-                    "sdlite_runs_s": [round(t, 4) for t in ours_runs],
-                    "diffusers_runs_s": [round(t, 4) for t in ref_runs],
-                    "max_pixel_diff_255": float(f"{diff:.3g}"),
-                }
-            )
+            rows.append(_row(ours, ref, size, steps, model.latent_factor, runs))
+            r = rows[-1]
             log(
-                f"[fewstep] {size}² {steps} step(s): sdlite {ours_s * 1e3:.1f} ms, "
-                f"diffusers {ref_s * 1e3:.1f} ms "
-                f"({ref_s / ours_s:.2f}x), max diff {diff:.2f}/255"
+                f"[fewstep] {size}² {steps} step(s): sdlite {r['sdlite_s'] * 1e3:.1f} ms, diffusers "
+                f"{r['diffusers_s'] * 1e3:.1f} ms ({r['speedup']:.2f}x), "
+                f"max diff {r['max_pixel_diff_255']}/255"
             )
     return {
         "what": "end-to-end text-to-image, batch 1, euler_a trailing, guidance 0 (the sd-turbo preset)",
@@ -169,11 +168,11 @@ def markdown(result: dict[str, Any], chart: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(result: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def chart(result: dict[str, Any], path: Path) -> Path | None:
+    """The timings as bars; None (nothing written) without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return None
 
     sizes = sorted({r["size"] for r in result["rows"]})
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.6))
@@ -187,19 +186,7 @@ def chart(result: dict[str, Any], path: Path) -> Path:
         ax.set_title(f"{size}x{size}, euler_a trailing, guidance 0")
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def _write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    return save_figure(plt, fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,10 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     result = run(quick=args.quick, cache_dir=args.cache)
-    args.out.mkdir(parents=True, exist_ok=True)
-    chart(result, args.out / "fewstep.png")
-    _write(args.out / "fewstep.json", json.dumps(result, indent=2) + "\n")
-    _write(args.out / "fewstep.md", markdown(result, "fewstep.png"))
+    png = chart(result, args.out / "fewstep.png")
+    atomic_write(args.out / "fewstep.json", json.dumps(result, indent=2) + "\n")
+    atomic_write(args.out / "fewstep.md", markdown(result, png.name if png else None))
+    if png is None:
+        print(CHARTS_SKIPPED)
     print(markdown(result))
     return 0
 

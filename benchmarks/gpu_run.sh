@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# SD 1.5 on the GPU machine: sdlite vs optimum vs diffusers (benchmarks/gpu.py), set up and run.
+# SD 1.5 on the GPU machine: sdlite vs optimum vs diffusers (benchmarks/gpu/), set up and run.
 #
-#   bash benchmarks/gpu_run.sh torch   # carry [".whl"]: build + export SD 1.5, diffusers timings,
-#                                      #   the correctness references
+#   bash benchmarks/gpu_run.sh torch   # carry [".whl"]: build SD 1.5, diffusers timings, then the
+#                                      #   exports and the correctness references
 #   bash benchmarks/gpu_run.sh ort     # carry [".ortgpu"], right after: sdlite + optimum on the
 #                                      #   CUDA EP, the correctness check, the final JSON/markdown
 #   bash benchmarks/gpu_run.sh all     # both at once, where .whl and .ortgpu arrive together
@@ -90,9 +90,12 @@ except Exception as e:
     print("MISSING:", e)
 PY
 
-# Every step is cut to end by SDLITE_GPU_DEADLINE seconds after this script started (default 420:
-# set it ~30 s under the device call's timeout), so a slow step still leaves results behind.
-left=$((${SDLITE_GPU_DEADLINE:-420} - ($(date +%s) - t0)))
+# Every step is cut to end by SDLITE_GPU_DEADLINE seconds after this script started, so a slow
+# step still leaves results behind.  Defaults: 560 s for torch (build, diffusers' timing, then
+# the exports with their 420 s limit) and all, 420 s for ort; keep it ~30 s under the device
+# call's timeout (at most 600 s).
+case $phase in ort) default_deadline=420 ;; *) default_deadline=560 ;; esac
+left=$((${SDLITE_GPU_DEADLINE:-$default_deadline} - ($(date +%s) - t0)))
 $py -m benchmarks.gpu --phase "$phase" --out "$out" --work "$work" --deadline-s "$left"
 rc=$?
 mkdir -p "$out/gpu-logs"

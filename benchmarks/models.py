@@ -34,7 +34,7 @@ def tiny_models() -> ModuleType:
     return module
 
 
-def _key(*files: Path) -> str:
+def source_key(*files: Path) -> str:
     h = hashlib.sha256()
     for f in files:
         for p in sorted(f.rglob("*.py")) if f.is_dir() else [f]:
@@ -86,13 +86,13 @@ def export_sdlite(src: Path, out: Path) -> Path:
 def prepare(name: str, cache_dir: Path, build, key_files: tuple[Path, ...], log=print) -> Model:
     """Build (or reuse) the diffusers folder ``name`` and both exports of it."""
     tm = tiny_models()
-    root = cache_dir / f"{name}-{_key(REPO / 'tests' / 'tiny_models.py', *key_files)}"
+    root = cache_dir / f"{name}-{source_key(REPO / 'tests' / 'tiny_models.py', *key_files)}"
     log(f"[models] {name}: diffusers folder")
     src = tm.cached_build(root, "diffusers", build)
     log(f"[models] {name}: optimum export")
     opt = tm.cached_build(root, "optimum-onnx", lambda p: tm.export_optimum(src, p))
     # Our export is keyed by the exporter's own sources too: a change there re-exports.
-    ours_root = root / f"sdlite-{_key(REPO / 'export')}"
+    ours_root = root / f"sdlite-{source_key(REPO / 'export')}"
     log(f"[models] {name}: sdlite export")
     try:
         ours = tm.cached_build(ours_root, "onnx", lambda p: export_sdlite(src, p))

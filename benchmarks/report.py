@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from benchmarks import common
 
 
 @dataclass(frozen=True)
@@ -16,84 +17,93 @@ class Target:
     ratio: bool = True  # a ratio sdlite/peer (charted) rather than an absolute fraction
 
 
-def _find(results: list[dict], **match) -> dict | None:
+def find(results: list[dict], **match) -> dict | None:
     for r in results:
         if all(r.get(k) == v for k, v in match.items()):
             return r
     return None
 
 
-def _ratio(label: str, limit: float, ours: dict | None, peer: dict | None, key: str, unit: str) -> Target:
+def ratio(label: str, limit: float, ours: dict | None, peer: dict | None, key: str, unit: str) -> Target:
     if ours is None or peer is None or not peer.get(key):
         return Target(label, limit, None)
     detail = f"{ours[key]:.3g} {unit} vs {peer[key]:.3g} {unit}"
     return Target(label, limit, ours[key] / peer[key], detail)
 
 
+def _tiny_rows(res: list[dict]) -> dict[str, dict | None]:
+    rows = {s: find(res, model="tiny-sd1", system=s, batch=1) for s in ("sdlite", "optimum", "diffusers")}
+    rows["same-onnx"] = find(res, model="tiny-sd1@optimum-onnx", system="sdlite", batch=1)
+    return rows
+
+
+def _install_target(inst: dict) -> Target:
+    if not (inst.get("sdlite") and inst.get("diffusers")):
+        return Target("install vs diffusers + torch CPU", 0.2, None)
+    detail = f"{inst['sdlite']:.0f} MB vs {inst['diffusers']:.0f} MB"
+    return Target("install vs diffusers + torch CPU", 0.2, inst["sdlite"] / inst["diffusers"], detail)
+
+
+def _outside_target(res: list[dict]) -> Target:
+    label = "time outside ONNX sessions (sdlite)"
+    fracs = [(r["outside_sessions_frac"], r) for r in res if r["system"] == "sdlite"]
+    fracs = [(f, r) for f, r in fracs if f is not None]
+    if not fracs:
+        return Target(label, 0.02, None, ratio=False)
+    worst, r = max(fracs, key=lambda f: f[0])
+    return Target(
+        label, 0.02, worst, f"worst row: {r['model']} {r['height']}² batch {r['batch']}", ratio=False
+    )
+
+
 def targets(doc: dict) -> list[Target]:
     """The issue's targets, evaluated on this run's figures (None where not measured)."""
     res = doc["results"]
-    tiny = {s: _find(res, model="tiny-sd1", system=s, batch=1) for s in ("sdlite", "optimum", "diffusers")}
-    same = _find(res, model="tiny-sd1@optimum-onnx", system="sdlite", batch=1)
-    sd256 = {s: _find(res, model="sd15-arch", system=s, batch=1, height=256) for s in ("sdlite", "diffusers")}
-    sd512 = {s: _find(res, model="sd15-arch", system=s, batch=1, height=512) for s in ("sdlite", "optimum")}
+    tiny = _tiny_rows(res)
+    sd = {
+        (s, h): find(res, model="sd15-arch", system=s, batch=1, height=h)
+        for s in ("sdlite", "optimum", "diffusers")
+        for h in (256, 512)
+    }
     ref = tiny["sdlite"] or tiny["optimum"] or tiny["diffusers"] or {"height": 64, "steps": 20}
     what = f"tiny {ref['height']}², {ref['steps']} UniPC steps"
-    ours = tiny["sdlite"]
-    out = [
-        _ratio("cold start vs diffusers (tiny)", 0.15, ours, tiny["diffusers"], "cold_start_s", "s"),
-        _ratio(f"{what}: e2e vs optimum", 0.6, ours, tiny["optimum"], "e2e_s", "s"),
-        _ratio(f"{what}: e2e vs diffusers", 0.4, ours, tiny["diffusers"], "e2e_s", "s"),
-        _ratio("tiny, same ONNX files: e2e vs optimum", 0.9, same, tiny["optimum"], "e2e_s", "s"),
-        _ratio(
-            "SD 1.5 arch 256², 10 steps, g7.5: e2e vs diffusers",
+    ours, sd15 = tiny["sdlite"], "SD 1.5 arch"
+    return [
+        ratio("cold start vs diffusers (tiny)", 0.15, ours, tiny["diffusers"], "cold_start_s", "s"),
+        ratio(f"{what}: e2e vs optimum", 0.6, ours, tiny["optimum"], "e2e_s", "s"),
+        ratio(f"{what}: e2e vs diffusers", 0.4, ours, tiny["diffusers"], "e2e_s", "s"),
+        ratio("tiny, same ONNX files: e2e vs optimum", 0.9, tiny["same-onnx"], tiny["optimum"], "e2e_s", "s"),
+        ratio(
+            f"{sd15} 256², 10 steps, g7.5: e2e vs diffusers",
             0.5,
-            sd256["sdlite"],
-            sd256["diffusers"],
+            sd["sdlite", 256],
+            sd["diffusers", 256],
             "e2e_s",
             "s",
         ),
-        _ratio(
-            "SD 1.5 arch 512², 10 steps, g7.5: e2e vs optimum",
+        ratio(
+            f"{sd15} 512², 10 steps, g7.5: e2e vs optimum",
             0.95,
-            sd512["sdlite"],
-            sd512["optimum"],
+            sd["sdlite", 512],
+            sd["optimum", 512],
             "e2e_s",
             "s",
         ),
-        _ratio("peak RSS vs diffusers (tiny)", 0.7, tiny["sdlite"], tiny["diffusers"], "peak_rss_mb", "MB"),
-        _ratio(
-            "peak RSS vs diffusers (SD 1.5 arch 256²)",
+        ratio("peak RSS vs diffusers (tiny)", 0.7, ours, tiny["diffusers"], "peak_rss_mb", "MB"),
+        ratio(
+            f"peak RSS vs diffusers ({sd15} 256²)",
             0.7,
-            sd256["sdlite"],
-            sd256["diffusers"],
+            sd["sdlite", 256],
+            sd["diffusers", 256],
             "peak_rss_mb",
             "MB",
         ),
+        _install_target(doc.get("install_mb") or {}),
+        _outside_target(res),
     ]
-    inst = doc.get("install_mb") or {}
-    if inst.get("sdlite") and inst.get("diffusers"):
-        detail = f"{inst['sdlite']:.0f} MB vs {inst['diffusers']:.0f} MB"
-        out.append(
-            Target("install vs diffusers + torch CPU", 0.2, inst["sdlite"] / inst["diffusers"], detail)
-        )
-    else:
-        out.append(Target("install vs diffusers + torch CPU", 0.2, None))
-    fracs = [
-        (r["outside_sessions_frac"], r)
-        for r in res
-        if r["system"] == "sdlite" and r["outside_sessions_frac"] is not None
-    ]
-    if fracs:
-        worst, r = max(fracs, key=lambda f: f[0])
-        detail = f"worst row: {r['model']} {r['height']}² batch {r['batch']}"
-        out.append(Target("time outside ONNX sessions (sdlite)", 0.02, worst, detail, ratio=False))
-    else:
-        out.append(Target("time outside ONNX sessions (sdlite)", 0.02, None, ratio=False))
-    return out
 
 
-def _fmt(v: float | None, digits: int = 3) -> str:
+def fmt(v: float | None, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}g}"
 
 
@@ -101,7 +111,7 @@ def _mb(v: float | None) -> str:
     return "not measured" if v is None else f"{v:.0f} MB"
 
 
-def _status(t: Target) -> str:
+def status(t: Target) -> str:
     if t.value is None:
         return "not measured"
     shown = f"{t.value:.1%}" if not t.ratio else f"{t.value:.2f}×"
@@ -139,8 +149,8 @@ def _e2e_table(res: list[dict]) -> list[str]:
         r_dif = ours["e2e_s"] / dif["e2e_s"] if ours and dif else None
         ips = ours["batch"] / ours["e2e_s"] if ours else None
         lines.append(
-            f"| {model} | {size}² | {steps} | {batch} | {_fmt(e2e['sdlite'])} | {_fmt(e2e['optimum'])} "
-            f"| {_fmt(e2e['diffusers'])} | {_fmt(r_opt, 2)} | {_fmt(r_dif, 2)} | {_fmt(ips)} |"
+            f"| {model} | {size}² | {steps} | {batch} | {fmt(e2e['sdlite'])} | {fmt(e2e['optimum'])} "
+            f"| {fmt(e2e['diffusers'])} | {fmt(r_opt, 2)} | {fmt(r_dif, 2)} | {fmt(ips)} |"
         )
     return lines
 
@@ -154,9 +164,9 @@ def _stage_table(res: list[dict]) -> list[str]:
         frac = r["outside_sessions_frac"]
         lines.append(
             f"| {r['model']} | {r.get('height')}² | {r['batch']} | {r['system']} "
-            f"| {_fmt(st.get('text_encoder'))} | {_fmt(st.get('unet'))} | {_fmt(st.get('vae'))} "
+            f"| {fmt(st.get('text_encoder'))} | {fmt(st.get('unet'))} | {fmt(st.get('vae'))} "
             f"| {'–' if frac is None else f'{frac:.1%}'} "
-            f"| {_fmt(r['cold_start_s'])} | {r['peak_rss_mb']:.0f} | {_fmt(r.get('max_abs_diff_255'), 2)} |"
+            f"| {fmt(r['cold_start_s'])} | {r['peak_rss_mb']:.0f} | {fmt(r.get('max_abs_diff_255'), 2)} |"
         )
     return lines
 
@@ -165,12 +175,12 @@ def _table(title: str, rows: list[dict]) -> list[str]:
     cols = list(dict.fromkeys(k for v in rows for k in v))
     lines = ["", f"**{title}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for v in rows:
-        cells = [_fmt(v.get(c)) if isinstance(v.get(c), float) else str(v.get(c, "")) for c in cols]
+        cells = [fmt(v.get(c)) if isinstance(v.get(c), float) else str(v.get(c, "")) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def _study_section(name: str, data) -> list[str]:
+def study_section(name: str, data) -> list[str]:
     """A study's dict: its own ``markdown`` if it gives one, else a table per list of rows."""
     lines = [f"### {name}", ""]
     if isinstance(data, dict) and isinstance(data.get("markdown"), str):
@@ -182,7 +192,7 @@ def _study_section(name: str, data) -> list[str]:
         elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
             lines += _table(key, [{"": k, **v} for k, v in value.items()])
         elif not isinstance(value, (dict, list)):
-            lines.append(f"- {key}: {_fmt(value) if isinstance(value, float) else value}")
+            lines.append(f"- {key}: {fmt(value) if isinstance(value, float) else value}")
     return lines + [""]
 
 
@@ -193,7 +203,7 @@ def markdown(doc: dict, studies: dict | None = None, chart: str | None = None) -
     reps = sorted({r.get("repeats") for r in res if r.get("repeats")})
     lines = [
         f"Measured {m.get('date_utc')} ({m.get('mode')} run) on {m.get('cpu')}, {m.get('cores')} cores, "
-        f"{m.get('memory_gb')} GB; load average {_fmt((m.get('loadavg_start') or [None])[0], 2)} at start "
+        f"{m.get('memory_gb')} GB; load average {fmt((m.get('loadavg_start') or [None])[0], 2)} at start "
         f"(a shared machine: ratios from one run are what count). onnxruntime {v.get('onnxruntime')}, "
         f"torch {v.get('torch')}, diffusers {v.get('diffusers')}, optimum-onnx {v.get('optimum-onnx')}, "
         f"commit {m.get('commit')}.",
@@ -208,7 +218,7 @@ def markdown(doc: dict, studies: dict | None = None, chart: str | None = None) -
     ]
     for t in targets(doc):
         limit = f"≤ {t.limit:.0%}" if not t.ratio else f"≤ {t.limit}×"
-        lines.append(f"| {t.label} | {limit} | {_status(t)} | {t.detail} |")
+        lines.append(f"| {t.label} | {limit} | {status(t)} | {t.detail} |")
     lines += ["", "**End to end** (÷ peer = sdlite's time over the peer's: below 1 is faster)", ""]
     lines += _e2e_table(res)
     lines += [
@@ -230,17 +240,16 @@ def markdown(doc: dict, studies: dict | None = None, chart: str | None = None) -
     if notes:
         lines += ["**Notes**", ""] + [f"- {n}" for n in notes] + [""]
     for name, data in (studies or {}).items():
-        lines += _study_section(name, data)
+        lines += study_section(name, data)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def chart(doc: dict, path: Path) -> Path:
-    """Horizontal bars of sdlite/peer ratios, each with its target; green met, red missed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def chart(doc: dict, path: Path) -> Path | None:
+    """Horizontal bars of sdlite/peer ratios, each with its target; green met, red missed.
+    None (nothing written) without matplotlib."""
+    plt = common.pyplot()
+    if plt is None:
+        return None
     ts = [t for t in targets(doc) if t.ratio and t.value is not None]
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(ts), 1) + 1.2), dpi=100)
     ys = range(len(ts))
@@ -260,39 +269,23 @@ def chart(doc: dict, path: Path) -> Path:
         ax.text(0.5, 0.5, "no ratio measured in this run", transform=ax.transAxes, ha="center")
     ax.set_xlim(0, max([1.1] + [t.value * 1.15 for t in ts] + [t.limit * 1.1 for t in ts]))
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return common.save_figure(plt, fig, path)
 
 
 def write(doc: dict, studies: dict, json_path: Path) -> dict[str, Path]:
-    """JSON, studies JSON, PNG and markdown beside each other, each written then renamed."""
-    json_path.parent.mkdir(parents=True, exist_ok=True)
+    """JSON, studies JSON, PNG and markdown beside each other, each written then renamed.
+    Without matplotlib there is no PNG (no "png" key) and the notes say so."""
     paths = {
         "json": json_path,
         "studies": json_path.with_name(json_path.stem + ".studies.json"),
-        "png": json_path.with_suffix(".png"),
         "md": json_path.with_suffix(".md"),
     }
-    _atomic(paths["json"], json.dumps(doc, indent=1, default=_jsonable) + "\n")
-    _atomic(paths["studies"], json.dumps(studies, indent=1, default=_jsonable) + "\n")
-    chart(doc, paths["png"])
-    _atomic(paths["md"], markdown(doc, studies, paths["png"].name))
+    png = chart(doc, json_path.with_suffix(".png"))
+    if png is None:
+        doc["machine"].setdefault("notes", []).append(common.CHARTS_SKIPPED)
+    else:
+        paths["png"] = png
+    common.write_json(paths["json"], doc)
+    common.write_json(paths["studies"], studies)
+    common.atomic_write(paths["md"], markdown(doc, studies, png.name if png else None))
     return paths
-
-
-def _jsonable(o):
-    # numpy scalars and arrays from the studies
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.common import CHARTS_SKIPPED, atomic_write, pyplot, save_figure
 from tests.samplers.gaussian import (
     STEPS,
     Gaussian,
@@ -62,15 +61,6 @@ STOCHASTIC = [
     ("ddim eta=1", "ddim", {"eta": 1.0}),
     ("lcm", "lcm", {}),
 ]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are shared files
-    os.replace(tmp, path)
 
 
 def _exact_law(gauss: Gaussian, k0: float, v0: float, k: float) -> tuple[np.ndarray, np.ndarray]:
@@ -129,13 +119,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     return out
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(result: dict[str, Any], path: Path) -> Path | None:
+    """Error against steps, one line per sampler; None (nothing written) without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return None
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
     colors = plt.cm.tab20(np.linspace(0, 1, 20))
@@ -166,10 +154,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax2.set_ylabel("RMS error of mean and std")
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    _write_atomic(path, buf.getvalue())
+    return save_figure(plt, fig, path, dpi=90)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -208,9 +193,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def write(result: dict) -> None:
     """benchmarks/results/sampler_accuracy.{png,json,md} (also called by the suite)."""
-    plot(result, RESULTS / "sampler_accuracy.png")
-    _write_atomic(RESULTS / "sampler_accuracy.json", (json.dumps(result, indent=2) + "\n").encode())
-    _write_atomic(RESULTS / "sampler_accuracy.md", markdown(result).encode())
+    if plot(result, RESULTS / "sampler_accuracy.png") is None:
+        print(CHARTS_SKIPPED)
+    atomic_write(RESULTS / "sampler_accuracy.json", json.dumps(result, indent=2) + "\n")
+    atomic_write(RESULTS / "sampler_accuracy.md", markdown(result))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import CHARTS_SKIPPED, atomic_write, pyplot, save_figure
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT, NEGATIVE = "a photo of an astronaut riding a horse on the moon", "blurry, lowres"
 GUIDANCE, SEED = 5.0, 0
@@ -175,12 +177,14 @@ def prepare(cache_dir: Path, log=print) -> tuple[Path, Path]:
         [UNET_CONFIG, VAE_CONFIG, TEXT_CONFIG, TEXT_2_CONFIG, SCHEDULER_CONFIG], sort_keys=True
     )
     arch = hashlib.sha256(configs.encode()).hexdigest()[:8]
-    root = cache_dir / f"sdxl-arch-{models._key(models.REPO / 'tests' / 'tiny_models.py')}-{arch}"
+    root = cache_dir / f"sdxl-arch-{models.source_key(models.REPO / 'tests' / 'tiny_models.py')}-{arch}"
     log("[sdxl] diffusers folder")
     src = tm.cached_build(root, "diffusers", lambda p: build_sdxl_arch(p, tm.make_clip_tokenizer))
     log("[sdxl] sdlite export (fp32, cpu)")
     ours = tm.cached_build(
-        root / f"sdlite-{models._key(models.REPO / 'export')}", "onnx", lambda p: models.export_sdlite(src, p)
+        root / f"sdlite-{models.source_key(models.REPO / 'export')}",
+        "onnx",
+        lambda p: models.export_sdlite(src, p),
     )
     return src, ours
 
@@ -287,11 +291,11 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(doc: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def chart(doc: dict[str, Any], path: Path) -> Path | None:
+    """sdlite's and diffusers' seconds per image as bars; None (nothing written) without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return None
 
     rows = doc["rows"]
     labels = [f"{r['size']}², {r['steps']} steps" for r in rows]
@@ -305,17 +309,7 @@ def chart(doc: dict[str, Any], path: Path) -> Path:
     ax.set_title("SDXL architecture (scaled down, random weights), fp32 CPU", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    return save_figure(plt, fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,11 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         "parameters_m": _params(src),
         "rows": [measure(src, ours, size, steps, runs, log) for size, steps, runs in plan],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "sdxl-quick" if args.quick else "sdxl"
-    _write_atomic(args.out / f"{stem}.json", json.dumps(doc, indent=1) + "\n")
-    chart(doc, args.out / f"{stem}.png")
-    _write_atomic(args.out / f"{stem}.md", markdown(doc).replace("sdxl.png", f"{stem}.png"))
+    atomic_write(args.out / f"{stem}.json", json.dumps(doc, indent=1) + "\n")
+    md = markdown(doc).replace("sdxl.png", f"{stem}.png")
+    if chart(doc, args.out / f"{stem}.png") is None:
+        md = md.replace(f"![chart]({stem}.png)", CHARTS_SKIPPED)
+    atomic_write(args.out / f"{stem}.md", md)
     print(markdown(doc))
     return 0
 

@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from benchmarks import machine
+from benchmarks.common import CHARTS_SKIPPED, atomic_write, pyplot, save_figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -247,21 +248,24 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are shared files
-    os.replace(tmp, path)
-
-
 def write(result: dict[str, Any], out: Path = RESULTS) -> dict[str, Path]:
-    import matplotlib
+    """JSON, markdown and (with matplotlib) the chart, each written whole or not at all."""
+    paths = {"json": out / "serve_load.json", "md": out / "serve_load.md"}
+    atomic_write(paths["json"], json.dumps(result, indent=1) + "\n")
+    atomic_write(paths["md"], markdown(result))
+    png = chart(result, out / "serve_load.png")
+    if png is None:
+        print(CHARTS_SKIPPED)
+    else:
+        paths["png"] = png
+    return paths
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
+def chart(result: dict[str, Any], path: Path) -> Path | None:
+    """Throughput and latency bars per --max-batch; None (nothing written) without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return None
     rows = result["rows"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=80)
     xs = range(len(rows))
@@ -304,15 +308,7 @@ def write(result: dict[str, Any], out: Path = RESULTS) -> dict[str, Path]:
     ax2.set_ylabel("seconds")
     ax2.set_title("latency p50 (bars) and p95 (ticks)", fontsize=9)
     fig.tight_layout()
-    png = out / "serve_load.png"
-    tmp = out / ".serve_load.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, png)
-    paths = {"json": out / "serve_load.json", "md": out / "serve_load.md", "png": png}
-    _atomic(paths["json"], (json.dumps(result, indent=1) + "\n").encode())
-    _atomic(paths["md"], markdown(result).encode())
-    return paths
+    return save_figure(plt, fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

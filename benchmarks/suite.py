@@ -138,7 +138,7 @@ def _entries(model_name: str, system: str, row: Row, res: dict, extra: dict) -> 
     return entries
 
 
-def _merge_rounds(parts: list[dict]) -> dict:
+def merge_rounds(parts: list[dict]) -> dict:
     """One worker result from several rounds: every warm run counts once (median over all of
     them), each round's fresh process is one cold start (their median), peak RSS the largest."""
     if len(parts) == 1:
@@ -209,7 +209,7 @@ def measure_row(row: Row, model: models.Model, settings: Settings, workdir: Path
     for system, tag, _folder, model_name, onnx in runs:
         if not parts.get(tag):
             continue
-        res = _merge_rounds(parts[tag])
+        res = merge_rounds(parts[tag])
         entries = _entries(model_name, system, row, res, {"onnx_export": onnx, "repeats": row.repeats})
         results += entries
         tags += [tag] * len(entries)
@@ -234,7 +234,7 @@ def run_studies(quick: bool, names: tuple[str, ...] = STUDIES, log=print) -> tup
         try:
             module = importlib.import_module(f"benchmarks.{name}")
             studies[name] = module.run(quick)
-            # A full study also refreshes its own results files, which README quotes.
+            # A full study also refreshes its own results files, which docs/benchmarks.md quotes.
             if not quick and callable(getattr(module, "write", None)):
                 module.write(studies[name])
             # A study that renders itself (a `markdown(result)` function) is shown its own way.

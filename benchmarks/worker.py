@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     """This process's peak RSS in MB.
 
     VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across fork + exec, so a worker
@@ -60,7 +60,7 @@ def run(spec: dict) -> dict:
         "import_s": t_import - _T_START,
         "load_s": t_load - t_import,
         "first_image_s": t_first - t_load,
-        "peak_rss_mb": _rss_mb(),
+        "peak_rss_mb": rss_mb(),
         "runs": {},
     }
     if spec.get("images"):
@@ -87,7 +87,7 @@ def run(spec: dict) -> dict:
     if profile_dir:
         profiler.disable()
         profiler.dump_stats(str(Path(profile_dir) / f"{spec['tag']}.prof"))
-    result["peak_rss_all_mb"] = _rss_mb()
+    result["peak_rss_all_mb"] = rss_mb()
     return result
 
 

@@ -1,5 +1,5 @@
 """The benchmark suite: its core on the tiny model into a tmp dir, the fixed JSON shape, and the
-report/README plumbing.  Figures are never asserted (the machine is shared); shapes and the
+report/docs plumbing.  Figures are never asserted (the machine is shared); shapes and the
 like-for-like check (same latents => same image across systems) are."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks import __main__ as cli
-from benchmarks import footprint, readme, report, suite
+from benchmarks import common, docs, footprint, report, suite
 from benchmarks.systems import SYSTEMS
 from benchmarks.worker import initial_latents
 
@@ -106,42 +106,72 @@ def test_targets_met_and_missed():
     assert cold.value == pytest.approx(0.1)
     assert by_label["install vs diffusers + torch CPU"].value == pytest.approx(1 / 6)
     outside = by_label["time outside ONNX sessions (sdlite)"]
-    assert outside.value == pytest.approx(0.05) and report._status(outside).startswith("**missed**")
+    assert outside.value == pytest.approx(0.05) and report.status(outside).startswith("**missed**")
     assert by_label["SD 1.5 arch 512², 10 steps, g7.5: e2e vs optimum"].value is None
     md = report.markdown(_doc(outside_sessions_frac=0.05))
     assert "**missed** (5.0%)" in md and "not measured" in md
 
 
-def test_readme_markers_are_replaced_and_required(tmp_path):
-    md = tmp_path / "results" / "cpu.md"
-    md.parent.mkdir()
-    md.write_text("| a | b |\n\n![chart](cpu.png)\n")
-    target = tmp_path / "README.md"
-    target.write_text("# x\n<!-- bench:start -->\nold table\n<!-- bench:end -->\ntail\n")
-    readme.update(md, target)
-    text = target.read_text()
-    assert "old table" not in text and "| a | b |" in text and text.endswith("<!-- bench:end -->\ntail\n")
-    assert "![chart](results/cpu.png)" in text
-    readme.update(md, target)  # idempotent
-    assert text == target.read_text()
-    target.write_text("# no markers\n")
-    with pytest.raises(ValueError, match="bench:start"):
-        readme.update(md, target)
-    assert target.read_text() == "# no markers\n"
+def test_charts_are_skipped_without_matplotlib(tmp_path, monkeypatch):
+    # The `bench` extra missing: the tables are still written, and the notes say why there is no chart.
+    monkeypatch.setattr(common, "pyplot", lambda: None)
+    paths = report.write(_doc(), {}, tmp_path / "t.json")
+    assert "png" not in paths and not (tmp_path / "t.png").exists()
+    md = paths["md"].read_text()
+    assert "| cold start vs diffusers (tiny) | ≤ 0.15× |" in md and "![" not in md
+    assert common.CHARTS_SKIPPED in json.loads(paths["json"].read_text())["machine"]["notes"]
 
 
-def test_readme_suite_block_leaves_the_studies_to_their_own_sections(tmp_path):
-    md = tmp_path / "cpu.md"
-    md.write_text("| a | b |\n\n### samplers_speed\n\nold study table\n")
-    study = tmp_path / "sampler_speed.md"
-    study.write_text("### kept heading\n\nnew study table\n")
-    target = tmp_path / "README.md"
-    target.write_text("<!-- bench:start -->\n<!-- bench:end -->\n<!-- speed:start -->\n<!-- speed:end -->\n")
-    readme.update(md, target)
-    readme.update(study, target, marker="speed")
-    text = target.read_text()
-    assert "| a | b |" in text and "old study table" not in text and "own sections" in text
-    assert "### kept heading" in text and "new study table" in text  # other markers keep all
+def _results(tmp_path: Path) -> Path:
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "cpu-full.md").write_text(
+        "| a | b |\n\n![chart](cpu-full.png)\n\n### samplers_speed\n\nold copy\n"
+    )
+    (results / "cpu-full.json").write_text(json.dumps(_doc()))
+    (results / "sampler_speed.md").write_text("new study table\n")
+    (results / "sampler_accuracy.md").write_text("accuracy table\n")
+    (results / "sampler_accuracy.png").write_bytes(b"png")
+    (results / "gpu-nvidia-h200.md").write_text("gpu table\n")
+    (results / "gpu-cpu-small.md").write_text("plumbing only\n")
+    return results
+
+
+def test_docs_page_quotes_every_results_file(tmp_path):
+    results = _results(tmp_path)
+    page, readme = tmp_path / "docs" / "benchmarks.md", tmp_path / "README.md"
+    page.parent.mkdir()
+    readme.write_text("# x\n<!-- headline:start -->\nOLD-TABLE\n<!-- headline:end -->\ntail\n")
+    docs.write(docs=page, readme=readme, results=results)
+    text = page.read_text()
+    assert "| a | b |" in text and "![chart](../benchmarks/results/cpu-full.png)" in text
+    assert "old copy" not in text and "new study table" in text  # studies come from their own files
+    assert (
+        "accuracy table" in text and "![sampler_accuracy](../benchmarks/results/sampler_accuracy.png)" in text
+    )
+    assert "gpu table" in text and "plumbing only" not in text
+    assert "## Export: what int8 costs" in text and "Not measured yet." in text  # no int8 results here
+    head = readme.read_text()
+    assert "OLD-TABLE" not in head and head.endswith("<!-- headline:end -->\ntail\n")
+    assert "| tiny 64², 20 UniPC steps: e2e vs optimum | 0.50× | 0.2 s vs 0.4 s |" in head
+    docs.write(docs=page, readme=readme, results=results)  # idempotent
+    assert (page.read_text(), readme.read_text()) == (text, head)
+
+
+def test_docs_refuse_a_readme_without_markers(tmp_path):
+    results = _results(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="headline:start"):
+        docs.write(docs=tmp_path / "b.md", readme=readme, results=results)
+    assert readme.read_text() == "# no markers\n"
+
+
+def test_the_repository_docs_are_the_generated_ones():
+    # docs/benchmarks.md and README's headline are what the generator makes of the results files.
+    assert docs.DOCS.read_text() == docs.render(docs.suite_results())
+    table = docs.headline(docs.suite_results().with_suffix(".json"))
+    assert table in docs.README.read_text()
 
 
 def test_quick_install_figure_is_null_without_cache(tmp_path):
@@ -164,9 +194,9 @@ def test_cli_rejects_a_results_path_that_is_not_json(capsys):
 
 
 def test_studies_render_their_own_markdown_or_a_table():
-    own = report._study_section("samplers_speed", {"markdown": "| a |\n|---|\n| 1 |\n", "x": 1})
+    own = report.study_section("samplers_speed", {"markdown": "| a |\n|---|\n| 1 |\n", "x": 1})
     assert own == ["### samplers_speed", "", "| a |\n|---|\n| 1 |", ""]
-    generic = "\n".join(report._study_section("s", {"n": 3, "samplers": {"euler": {"ms": 1.5}}}))
+    generic = "\n".join(report.study_section("s", {"n": 3, "samplers": {"euler": {"ms": 1.5}}}))
     assert "- n: 3" in generic and "| euler | 1.5 |" in generic
 
 
@@ -182,7 +212,7 @@ def test_rounds_merge_every_run_once():
             "runs": {"1": {"e2e_s": 0.0, "e2e_runs_s": runs, "stages_s": {"unet": stage}}},
         }
 
-    merged = suite._merge_rounds([part(1.0, 100, [1.0, 2.0, 3.0], 0.5), part(3.0, 120, [10.0], 0.9)])
+    merged = suite.merge_rounds([part(1.0, 100, [1.0, 2.0, 3.0], 0.5), part(3.0, 120, [10.0], 0.9)])
     run = merged["runs"]["1"]
     assert run["e2e_runs_s"] == [1.0, 2.0, 3.0, 10.0] and run["e2e_s"] == 2.5
     assert run["stages_s"] == {"unet": 0.5}  # weighted by runs: 0.5 x3, 0.9 x1

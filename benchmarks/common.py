@@ -1,0 +1,55 @@
+"""Helpers every measurement shares: whole-or-nothing writes and the optional chart library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+
+
+def atomic_write(path: Path, data: str | bytes) -> Path:
+    """Write to a temporary name, then rename: a reader never sees half a results file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _jsonable(o):
+    # numpy scalars and arrays from the studies, paths from the settings
+    return o.tolist() if hasattr(o, "tolist") else str(o)
+
+
+def write_json(path: Path, data, indent: int = 1) -> Path:
+    return atomic_write(path, json.dumps(data, indent=indent, default=_jsonable) + "\n")
+
+
+def pyplot() -> ModuleType | None:
+    """matplotlib's pyplot on the file-only backend, or None where the `bench` extra is missing:
+    the tables are still written, and the caller says the chart was skipped."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(plt: ModuleType, fig, path: Path, **savefig) -> Path:
+    """A chart written whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, **savefig)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+CHARTS_SKIPPED = "charts skipped: matplotlib is not installed (pip install '.[bench]')"
