@@ -253,7 +253,6 @@ class Batcher:
             return parts
 
     def _run_batch(self, parts: list[tuple[Job, int, int]]) -> None:
-        key = parts[0][0].key
         jobs = [job for job, _, _ in parts]
 
         def on_step(step: int, total: int, latents: Any) -> bool:
@@ -261,24 +260,9 @@ class Batcher:
                 job.step, job.total = step, total
             return any(job.wanted for job in jobs)  # False stops the loop: nobody wants these images
 
-        prompts = [p for job, lo, hi in parts for p in job.prompts[lo:hi]]
         t0 = time.perf_counter()
         try:
-            out = self.pipe(
-                prompts,
-                negative_prompt=[p for job, lo, hi in parts for p in job.negatives[lo:hi]],
-                num_inference_steps=key.steps,
-                guidance_scale=key.guidance,
-                height=key.height,
-                width=key.width,
-                sampler=key.sampler,
-                seed=[s for job, lo, hi in parts for s in job.seeds[lo:hi]],
-                image=None
-                if key.strength is None
-                else [im for job, lo, hi in parts for im in job.images[lo:hi]],
-                strength=key.strength,
-                callback=on_step,
-            )
+            out = self._call_model(parts, on_step)
         except Exception as err:  # the whole batch failed: every member hears why
             with self._cond:
                 for job in jobs:
@@ -291,7 +275,28 @@ class Batcher:
             self._batch_seconds = (
                 elapsed if not self._batch_seconds else 0.7 * self._batch_seconds + 0.3 * elapsed
             )
-        self.metrics.batch_size.observe(len(prompts))
+        self.metrics.batch_size.observe(sum(hi - lo for _, lo, hi in parts))
+        self._deliver(parts, out)
+
+    def _call_model(self, parts: list[tuple[Job, int, int]], on_step: Any) -> Any:
+        key = parts[0][0].key
+        images = None if key.strength is None else [im for job, lo, hi in parts for im in job.images[lo:hi]]
+        return self.pipe(
+            [p for job, lo, hi in parts for p in job.prompts[lo:hi]],
+            negative_prompt=[p for job, lo, hi in parts for p in job.negatives[lo:hi]],
+            num_inference_steps=key.steps,
+            guidance_scale=key.guidance,
+            height=key.height,
+            width=key.width,
+            sampler=key.sampler,
+            seed=[s for job, lo, hi in parts for s in job.seeds[lo:hi]],
+            image=images,
+            strength=key.strength,
+            callback=on_step,
+        )
+
+    def _deliver(self, parts: list[tuple[Job, int, int]], out: Any) -> None:
+        """Each job gets its share of the batch's images; a job with all of them is done."""
         with self._cond:
             offset = 0
             for job, lo, hi in parts:

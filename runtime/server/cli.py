@@ -13,23 +13,12 @@ import socket
 import sys
 from collections.abc import Mapping
 
+from ..arg_types import integer as _int
+from ..arg_types import number as _float
+
 DEFAULT_MAX_BODY = 20 * 2**20  # an img2img request carries base64 images: 20 MiB fits several 2K PNGs
 DEFAULT_BODY_TIMEOUT = 30.0  # 20 MiB in 30 s is ~5.6 Mbit/s; slower links raise --body-timeout
 API_KEY_ENV = "SDLITE_API_KEY"
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +56,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=64,
         help="most requests waiting for the model; more get 429 (default 64)",
     )
+    _add_security_options(s)
+    _add_runtime_options(s)
+
+
+def _add_security_options(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--api-key",
         default=None,
@@ -95,6 +89,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_BODY_TIMEOUT,
         help=f"a request body not received within this time gets 408 (default {DEFAULT_BODY_TIMEOUT:g})",
     )
+
+
+def _add_runtime_options(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--max-body-bytes",
         metavar="BYTES",
