@@ -50,6 +50,16 @@ def _weight(token: str, field: str) -> float:
     return value
 
 
+def _refuse_infinite(token: str, field: str) -> None:
+    """Refuse a number AUTOMATIC1111 reads as text (nan, inf, 1e999) when it is not finite."""
+    try:
+        value = float(token)
+    except ValueError:
+        return  # not a number at all (`e5`): text
+    if not math.isfinite(value):
+        _weight(token, field)
+
+
 def _merge(pieces: list[list]) -> list[tuple[str, float]]:
     """Join neighbours of equal weight (BREAK markers included, as AUTOMATIC1111 does)."""
     out: list[list] = []
@@ -87,7 +97,7 @@ def parse_prompt_attention(text: str, field: str = "prompt") -> list[tuple[str, 
         elif weight is not None and rounds:
             scale(rounds.pop(), _weight(weight, field))
         elif odd is not None and rounds:
-            _weight(odd, field)  # raises when not finite; a finite one is text, as AUTOMATIC1111 reads it
+            _refuse_infinite(odd, field)  # a finite one is text, as AUTOMATIC1111 reads it
             pieces.append([token[:-1], 1.0])
             scale(rounds.pop(), _UP)
         elif token == ")" and rounds:
