@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import NamedTuple
 
 _UP = 1.1  # `(text)` multiplies attention by 1.1 and `[text]` divides it, as in AUTOMATIC1111
@@ -125,7 +126,10 @@ def parse_prompt_attention(text: str, field: str = "prompt") -> list[tuple[str, 
 #   ("edit", before, after, when)   [before:after:when]; before is None for [after:when]
 #   ("alt", [option, ...])          [a|b|c]
 #   list                            a sequence of the above
-# A parse function takes (text, pos) and returns (node, new pos), or None where the rule does not match.
+# A parse function takes (text, pos, depth) and returns (node, new pos), or None where the rule does not
+# match. Groups nested deeper than _MAX_DEPTH do not match (their brackets stay text, as unbalanced ones
+# do): Python's recursion limit, not the prompt, would end the parse otherwise (lark's ends near 300).
+_MAX_DEPTH = 200
 
 # `.` leaves out newlines: a backslash before one is outside the grammar, as in AUTOMATIC1111's lark grammar.
 _PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+")
@@ -133,7 +137,7 @@ _SPACE = re.compile(r"\s+")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 
-def _sequence(text: str, pos: int) -> tuple[list, int]:
+def _sequence(text: str, pos: int, depth: int) -> tuple[list, int]:
     """A run of plain text, spaces and bracketed groups, up to a character that ends it."""
     items: list = []
     while pos < len(text):
@@ -142,7 +146,7 @@ def _sequence(text: str, pos: int) -> tuple[list, int]:
             items.append(found.group(0))
             pos = found.end()
             continue
-        group = _group(text, pos)
+        group = _group(text, pos, depth + 1) if depth < _MAX_DEPTH else None
         if group is None:
             break
         items.append(group[0])
@@ -150,41 +154,41 @@ def _sequence(text: str, pos: int) -> tuple[list, int]:
     return items, pos
 
 
-def _group(text: str, pos: int) -> tuple[object, int] | None:
+def _group(text: str, pos: int, depth: int) -> tuple[object, int] | None:
     """A bracketed group at pos: emphasis `(a)` `(a:b)` `[a]`, an edit `[a:b:when]` or alternation `[a|b]`."""
     if text.startswith("(", pos):
-        inner, end = _sequence(text, pos + 1)
+        inner, end = _sequence(text, pos + 1, depth)
         if text.startswith(":", end):
-            more, end = _sequence(text, end + 1)
+            more, end = _sequence(text, end + 1, depth)
             inner = [*inner, ":", *more]
         return (["(", *inner, ")"], end + 1) if text.startswith(")", end) else None
     if not text.startswith("[", pos):
         return None
-    first, end = _sequence(text, pos + 1)
+    first, end = _sequence(text, pos + 1, depth)
     if text.startswith("]", end):
         return ["[", *first, "]"], end + 1
     if text.startswith("|", end):
-        return _alternation(text, end, first)
+        return _alternation(text, end, first, depth)
     if text.startswith(":", end):
-        return _edit(text, end + 1, first)
+        return _edit(text, end + 1, first, depth)
     return None
 
 
-def _alternation(text: str, pos: int, first: list) -> tuple[object, int] | None:
+def _alternation(text: str, pos: int, first: list, depth: int) -> tuple[object, int] | None:
     """The rest of `[a|b|...]` from the first `|` at pos."""
     options = [first]
     while text.startswith("|", pos):
-        option, pos = _sequence(text, pos + 1)
+        option, pos = _sequence(text, pos + 1, depth)
         options.append(option)
     return (("alt", options), pos + 1) if text.startswith("]", pos) else None
 
 
-def _edit(text: str, pos: int, first: list) -> tuple[object, int] | None:
+def _edit(text: str, pos: int, first: list, depth: int) -> tuple[object, int] | None:
     """The rest of `[after:when]` or `[before:after:when]` from just past the first colon."""
     when = _when_end(text, pos)
     if when is not None:
         return ("edit", None, first, when[0]), when[1]
-    after, end = _sequence(text, pos)
+    after, end = _sequence(text, pos, depth)
     if not text.startswith(":", end):
         return None
     when = _when_end(text, end + 1)
@@ -208,12 +212,12 @@ def _skip_space(text: str, pos: int) -> int:
 
 def _parse_schedule(text: str) -> list | None:
     """The whole prompt: groups and text, with brackets that fit no group kept as text; None if unparsable."""
-    items, pos = _sequence(text, 0)
+    items, pos = _sequence(text, 0, 0)
     while pos < len(text):
         if text[pos] not in "[]():":
             return None  # a `|` outside [a|b] or a backslash ending a line: AUTOMATIC1111 keeps the text
         items.append(text[pos])
-        more, pos = _sequence(text, pos + 1)
+        more, pos = _sequence(text, pos + 1, 0)
         items.extend(more)
     return items
 
@@ -231,7 +235,7 @@ def _end_step(number: str, steps: int, old_scheduling: bool, field: str) -> int:
     return min(steps, int(value))
 
 
-def _steps_of(node: object, steps: int, ends: set[int], when) -> None:
+def _steps_of(node: object, steps: int, ends: set[int], when: Callable[[str], int]) -> None:
     """Collect the steps at which the text may change: every edit's end, and every step for an alternation."""
     if isinstance(node, list):
         for child in node:
@@ -246,7 +250,7 @@ def _steps_of(node: object, steps: int, ends: set[int], when) -> None:
         _steps_of(node[1], steps, ends, when)
 
 
-def _text_at(node: object, step: int, when) -> str:
+def _text_at(node: object, step: int, when: Callable[[str], int]) -> str:
     """The plain text of the tree at one step."""
     if isinstance(node, str):
         return node

@@ -99,6 +99,19 @@ def test_schedule_needs_a_step(steps):
         prompt_schedule("a", steps)
 
 
+@pytest.mark.parametrize("depth", [150, 300, 2000])
+def test_deep_nesting_parses_without_recursion_error(depth):
+    # lark (so AUTOMATIC1111) fails near 300 levels; sdlite keeps going: groups past 200 levels stay text,
+    # and an edit inside is still found from a shallower start, so the texts are the same.
+    schedule = prompt_schedule("(" * depth + "[a:b:3]" + ")" * depth, 10)
+    assert schedule == [(3, "(" * depth + "a" + ")" * depth), (10, "(" * depth + "b" + ")" * depth)]
+    for text in ("(" * depth + "a", "[a:" * depth):
+        assert prompt_schedule(text, 10) == [(10, text)]
+    alternation = "[a|" * depth + "b" + "]" * depth
+    assert len(prompt_schedule(alternation, 10)) == (10 if depth < 200 else 1)
+    assert parse_prompt_attention("(" * depth + "a") == [("a", pytest.approx(1.1**depth, rel=1e-9))]
+
+
 def test_schedule_index_follows_automatic1111s_denoiser_count():
     # AUTOMATIC1111's reconstruct_cond_batch: the first entry with step <= end, steps counted from 0.
     schedule = prompt_schedule("a [cat:dog:3]", 10)
