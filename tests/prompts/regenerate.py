@@ -2,7 +2,8 @@
 
 Not a test. AUTOMATIC1111's code is AGPL and needs lark, so it never enters this repository: fetch
 modules/prompt_parser.py of AUTOMATIC1111/stable-diffusion-webui (the tables were made from commit
-28bd8e142d5f77b71ae8d7d7140b5da1b3a49906) to a scratch folder, `pip install lark torch`, then run
+28bd8e142d5f77b71ae8d7d7140b5da1b3a49906) to a scratch folder, `pip install lark==1.1.2 torch`
+(1.1.2 is the lark AUTOMATIC1111 pins), then run
 
     python tests/prompts/regenerate.py /tmp/prompt_parser.py > tests/prompts/a1111_cases.py
 """
@@ -66,7 +67,7 @@ SCHEDULE = [
     "[a:b:c]", "[a:b:c:3]", "[a:b:3", "a:b:3]", "[a:b:3x]", "[a:b:x3]", "[a:b:]", "[a:b:.]", "[:3]",
     "[:b:3]", "[a::3]", "[::3]",
     # nesting
-    "[[a:b:3]:c:5]", "[a:[b:c:3]:5]", "[a:[b:3]:5]", "[[a:3]", "[a:3]]", "[a [b:3]", "[(a:b):3]",
+    "[[a:b:3]:c:5]", "[a:[b:c:3]:5]", "[a:[b:3]:5]", "[[a:3]", "[a [b:3]", "[(a:b):3]",
     "(a[b:3])", "[a:(b:3)]", "(a:[b:3])", "((a:[b:c:2]):1.2)", "[[a|b]:c:4]", "[a:[b|c]:4]",
     # alternation
     "[a|b]", "[a|b|c]", "[a||b]", "[|]", "[a|b|]", "[|a]", "[a|[b|c]]", "([a|b])", "[a|b][c|d]",

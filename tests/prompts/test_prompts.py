@@ -2,14 +2,14 @@
 
 Where the expected values come from: a1111_cases.py holds the outputs of AUTOMATIC1111's own
 parse_prompt_attention and get_learned_conditioning_prompt_schedules (modules/prompt_parser.py of
-AUTOMATIC1111/stable-diffusion-webui at commit 28bd8e142d5f77b71ae8d7d7140b5da1b3a49906, run with lark
-1.3.1) over the inputs listed in regenerate.py, which include AUTOMATIC1111's docstring examples. To
-regenerate: fetch that file to a scratch folder (it is AGPL and needs lark: it stays out of this
-repository), `pip install lark torch`, and run
-`python tests/prompts/regenerate.py /tmp/prompt_parser.py > tests/prompts/a1111_cases.py`.
+AUTOMATIC1111/stable-diffusion-webui at commit 28bd8e142d5f77b71ae8d7d7140b5da1b3a49906, run with
+lark 1.1.2, the version AUTOMATIC1111 pins; lark 1.3.1 gives the same tables) over the inputs listed
+in regenerate.py, which include AUTOMATIC1111's docstring examples. To regenerate: fetch that file to a
+scratch folder (it is AGPL and needs lark: it stays out of this repository), `pip install lark==1.1.2
+torch`, and run `python tests/prompts/regenerate.py /tmp/prompt_parser.py > tests/prompts/a1111_cases.py`.
 
-The rest (the non-finite-number errors, schedule_index, extra-network tags and the properties) is
-written by hand from AUTOMATIC1111's rules.
+The rest (the non-finite-number errors, schedule_index, extra-network tags, the one ambiguity where
+sdlite reads differently, and the properties) is written by hand from AUTOMATIC1111's rules.
 """
 
 from __future__ import annotations
@@ -110,6 +110,24 @@ def test_deep_nesting_parses_without_recursion_error(depth):
     alternation = "[a|" * depth + "b" + "]" * depth
     assert len(prompt_schedule(alternation, 10)) == (10 if depth < 200 else 1)
     assert parse_prompt_attention("(" * depth + "a") == [("a", pytest.approx(1.1**depth, rel=1e-9))]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[a:3]]", [(3, "]"), (10, "a]")]),
+        ("[a:b:3]::", [(3, "a::"), (10, "b::")]),
+        ("[a:b:3]))", [(3, "a))"), (10, "b))")]),
+        ("([a:b:3]))", [(3, "(a))"), (10, "(b))")]),
+    ],
+)
+def test_group_followed_by_stray_brackets_is_still_a_group(text, expected):
+    # The one place sdlite does not copy AUTOMATIC1111: a group directly followed by two or more stray
+    # brackets or colons. The grammar is ambiguous there (the group's brackets could be stray too) and
+    # lark's Earley parser picks one reading by its internal order: `[a:3]]` is an edit with lark 1.3.1
+    # and text with lark 1.1.2, `[a:b:3]::` text and `[a:b:3]:::` an edit with both. sdlite always
+    # reads the group, as it does for every balanced prompt.
+    assert prompt_schedule(text, 10) == expected
 
 
 def test_schedule_index_follows_automatic1111s_denoiser_count():
