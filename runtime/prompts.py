@@ -8,8 +8,12 @@ modules/extra_networks.py (reimplemented here, without lark):
   with `schedule_index` to pick the entry for a sampling step.
 - `parse_extra_networks`: `<lora:NAME:WEIGHT>` tags -> (prompt without them, [(kind, name, weight)]).
 
-The one departure from AUTOMATIC1111: a number that is not finite (`(a:inf)`, `(a:1e999)`, `[a:b:1e999]`)
-raises a ValueError instead of being read as text or crashing.
+Where sdlite departs from AUTOMATIC1111:
+- a number that is not finite (`(a:inf)`, `(a:1e999)`, `[a:b:1e999]`) raises a ValueError instead of
+  being read as text or crashing;
+- a group directly followed by two or more stray brackets or colons (`[a:b:3]::`) is read as the group;
+  lark's Earley parser picks a reading there by its internal order, which differs between lark versions;
+- groups nested deeper than 200 levels stay text (lark's recursion fails near 300).
 """
 
 from __future__ import annotations
@@ -18,6 +22,15 @@ import math
 import re
 from collections.abc import Callable
 from typing import NamedTuple
+
+__all__ = [
+    "WEIGHTED_NETWORKS",
+    "ExtraNetwork",
+    "parse_extra_networks",
+    "parse_prompt_attention",
+    "prompt_schedule",
+    "schedule_index",
+]
 
 _UP = 1.1  # `(text)` multiplies attention by 1.1 and `[text]` divides it, as in AUTOMATIC1111
 
@@ -134,7 +147,7 @@ _MAX_DEPTH = 200
 # `.` leaves out newlines: a backslash before one is outside the grammar, as in AUTOMATIC1111's lark grammar.
 _PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+")
 _SPACE = re.compile(r"\s+")
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # lark's: ASCII digits
 
 
 def _sequence(text: str, pos: int, depth: int) -> tuple[list, int]:
