@@ -85,7 +85,7 @@ def _merge(pieces: list[list]) -> list[tuple[str, float]]:
     return [(text, weight) for text, weight in out]
 
 
-def parse_prompt_attention(text: str, field: str = "prompt") -> list[tuple[str, float]]:
+def parse_prompt_attention(text: str, *, field: str = "prompt") -> list[tuple[str, float]]:
     """Split a prompt into (text, weight) pieces by AUTOMATIC1111's attention rules.
 
     `(a)` x1.1, `[a]` /1.1, `(a:1.5)` x1.5, nesting multiplies, brackets left open close at the end,
@@ -345,7 +345,7 @@ def _network(kind: str, args: str, field: str) -> ExtraNetwork:
     return ExtraNetwork(kind, name, None)
 
 
-def parse_extra_networks(text: str, field: str = "prompt") -> tuple[str, list[ExtraNetwork]]:
+def parse_extra_networks(text: str, *, field: str = "prompt") -> tuple[str, list[ExtraNetwork]]:
     """The prompt with its `<kind:...>` tags removed, and the tags in order, as AUTOMATIC1111 reads them.
 
     Every tag is removed and reported (`<lora:...>`, `<hypernet:...>` and unknown kinds alike); the caller
