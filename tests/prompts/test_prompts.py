@@ -7,6 +7,8 @@ lark 1.1.2, the version AUTOMATIC1111 pins; lark 1.3.1 gives the same tables) ov
 in regenerate.py, which include AUTOMATIC1111's docstring examples. To regenerate: fetch that file to a
 scratch folder (it is AGPL and needs lark: it stays out of this repository), `pip install lark==1.1.2
 torch`, and run `python tests/prompts/regenerate.py /tmp/prompt_parser.py > tests/prompts/a1111_cases.py`.
+The tables hold what the functions return, not what their docstrings say: one docstring example is
+stale (`a [{b|d{:.5] c`, documented as an edit, is returned unchanged since `|` became alternation).
 
 The rest (the non-finite-number errors, schedule_index, extra-network tags, the one ambiguity where
 sdlite reads differently, and the properties) is written by hand from AUTOMATIC1111's rules.
