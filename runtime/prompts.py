@@ -11,8 +11,9 @@ modules/extra_networks.py (reimplemented here, without lark):
 Where sdlite departs from AUTOMATIC1111:
 - a number that is not finite (`(a:inf)`, `(a:1e999)`, `[a:b:1e999]`) raises a ValueError instead of
   being read as text or crashing;
-- a group directly followed by two or more stray brackets or colons (`[a:b:3]::`) is read as the group;
-  lark's Earley parser picks a reading there by its internal order, which differs between lark versions;
+- a group directly followed by stray brackets or colons (`[a:b:3]::`) is always read as the group;
+  AUTOMATIC1111's lark picks a reading by its internal order, which changes with the lark version and,
+  with the lark it pins (1.1.2), with Python's hash seed;
 - groups nested deeper than 200 levels stay text (lark's recursion fails near 300).
 """
 

@@ -124,11 +124,12 @@ def test_deep_nesting_parses_without_recursion_error(depth):
     ],
 )
 def test_group_followed_by_stray_brackets_is_still_a_group(text, expected):
-    # The one place sdlite does not copy AUTOMATIC1111: a group directly followed by two or more stray
-    # brackets or colons. The grammar is ambiguous there (the group's brackets could be stray too) and
-    # lark's Earley parser picks one reading by its internal order: `[a:3]]` is an edit with lark 1.3.1
-    # and text with lark 1.1.2, `[a:b:3]::` text and `[a:b:3]:::` an edit with both. sdlite always
-    # reads the group, as it does for every balanced prompt.
+    # The one place sdlite does not copy AUTOMATIC1111: a group directly followed by stray brackets or
+    # colons. The grammar is ambiguous there (the group's brackets could be stray too) and lark's Earley
+    # parser picks a reading by its internal order: with lark 1.1.2 (AUTOMATIC1111's pin) the reading of
+    # `[a:3]]` or `[a:b:3]::` changes with PYTHONHASHSEED, so between restarts of the web UI; with lark
+    # 1.3.1 `[a:3]]` is an edit and `[a:b:3]::` text. sdlite always reads the group (one of the readings
+    # AUTOMATIC1111 gives), as it does for every balanced prompt.
     assert prompt_schedule(text, 10) == expected
 
 
