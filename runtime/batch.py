@@ -37,7 +37,7 @@ PNG is renamed into place and fsynced::
      "finished_at": ISO 8601 UTC}
 
 The manifest is ASCII JSON (any text, a lone surrogate included, is written escaped); an error's
-text is cut to 1000 characters.
+text is cut to 2000 characters.
 
 ``timings``: images sharing a U-Net batch share every model call, so each gets the batch's
 seconds (``text_encoder``, ``unet``, ``vae``, ``total``) divided by ``batch_images``, the batch's

@@ -16,7 +16,7 @@ from . import rules
 
 KEYS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance", "sampler", "width", "height")
 # An error's text quotes the bad value: keep a manifest line short whatever a line holds.
-MAX_ERROR_CHARS = 1000
+MAX_ERROR_CHARS = 2000
 
 
 @dataclass
@@ -84,7 +84,11 @@ def check_id(value: Any) -> str:
 
 
 def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    return text if len(text) <= limit else f"{text[: limit - 30]}... ({len(text)} characters)"
+    """At most ``limit`` characters; the middle goes (the rule's start and the value's end stay)."""
+    if len(text) <= limit:
+        return text
+    half = (limit - len(f" ...[{len(text)} characters cut]... ")) // 2
+    return f"{text[:half]} ...[{len(text) - 2 * half} characters cut]... {text[len(text) - half :]}"
 
 
 def _texts(obj: dict[str, Any]) -> tuple[str, str | None]:
