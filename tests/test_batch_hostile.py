@@ -208,25 +208,32 @@ _JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=6,
 )
+_PRINTABLE = st.text(st.characters(exclude_categories=("Cc", "Cs")), max_size=40)
+# Per key: a value it takes, or a hostile one (wrong type, out of range, lone surrogate, nesting).
 _VALUES = {
-    "id": st.text(max_size=120) | st.sampled_from(["..", "a/b", "é" * 101, "\ud800"]) | _JSON,
-    "prompt": st.text(max_size=40) | _JSON,
-    "negative_prompt": st.text(max_size=20) | _JSON,
-    "seed": st.integers(-5, 2**64 + 5) | _JSON,
-    "steps": st.integers(-1, 3) | st.sampled_from([1001, 2.0, "2"]) | _JSON,
-    "guidance": st.floats(allow_nan=True, allow_infinity=True) | _JSON,
-    "sampler": st.sampled_from(["euler", "ddim", "lcm", "nope", "EULER_A", ""]) | _JSON,
-    "width": st.sampled_from([32, 48, 0, -32, 30, 8192, 10**30, "32"]) | _JSON,
-    "height": st.sampled_from([32, 16, 31, 100000]) | _JSON,
+    "id": st.from_regex(r"[a-z0-9_-]{1,12}", fullmatch=True)
+    | st.sampled_from(["..", "a/b", "é" * 101, "\ud800", "", ".x"])
+    | _JSON,
+    "prompt": _PRINTABLE | st.sampled_from(["a \ud800", "\x00", "x" * 32001]) | _JSON,
+    "negative_prompt": _PRINTABLE | _JSON,
+    "seed": st.integers(0, 2**32) | st.integers(-5, 2**64 + 5) | _JSON,
+    "steps": st.integers(1, 3) | st.sampled_from([0, -1, 1001, 2.0, "2"]) | _JSON,
+    "guidance": st.floats(0, 20) | st.floats(allow_nan=True, allow_infinity=True) | _JSON,
+    "sampler": st.sampled_from(["euler", "ddim", "euler_a", "unipc", "lcm", "nope", ""]) | _JSON,
+    "width": st.sampled_from([32, 48, 64, 0, -32, 30, 8192, 10**30, "32"]) | _JSON,
+    "height": st.sampled_from([32, 64, 16, 31, 100000]) | _JSON,
 }
-_LINE = st.fixed_dictionaries({}, optional=_VALUES) | st.dictionaries(st.text(max_size=8), _JSON, max_size=3)
+_OPTIONAL = {k: v for k, v in _VALUES.items() if k != "prompt"}
+_LINE = st.fixed_dictionaries({"prompt": _VALUES["prompt"]}, optional=_OPTIONAL) | st.dictionaries(
+    st.text(max_size=8), _JSON, max_size=3
+)
 
 
 def _dump(obj) -> str:
     return json.dumps(obj, ensure_ascii=True)  # ASCII escapes carry lone surrogates too
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=st.lists(_LINE.map(_dump) | st.text(max_size=30).filter(lambda t: "\n" not in t), max_size=6))
 def test_any_job_lines_end_ok_or_error_and_never_abort(demo_pipe, tmp_path_factory, lines):
     tmp = tmp_path_factory.mktemp("prop")
