@@ -16,9 +16,15 @@ Python API share (``sdlite.rules``: ranges, size multiple, pixel budget, prompt 
 ``id`` becomes ``line-NNNN`` (the 1-based line number), so give ids to jobs that will be edited
 and resumed.  A missing ``seed`` is derived from the id (the first 4 bytes of
 ``sha256("sdlite-batch:" + id)``), so a resumed or repeated job regenerates the same image.
-An id names the output file: it must be non-empty, at most 200 characters, without path
-separators or control characters, and must not start with ``.``.  A later line repeating an id
-is an error.
+An id names the output file: it must be non-empty, at most 200 bytes in UTF-8
+(``rules.MAX_NAME_BYTES``: file systems count bytes), without path separators, control
+characters or lone surrogates, and must not start with ``.``.  A later line repeating an id is
+an error.  ``--max-pixels`` sets the largest image area (default: the model family's).
+
+A bad line fails alone: whatever a line holds (not JSON, JSON nested 100,000 deep, a lone
+surrogate in any text, a bad value), it is recorded as an error naming the key, and every other
+line runs as if it were not there.  If a group's Pipeline call fails, its items are run one by
+one, so only the item that cannot run fails.
 
 Output, in ``--out DIR``: ``<id>.png`` (with AUTOMATIC1111's ``parameters`` chunk) and
 ``manifest.jsonl``, one JSON object per finished item, appended, flushed and fsynced after its
@@ -27,19 +33,24 @@ PNG is renamed into place and fsynced::
     {"id": str | null, "line": int, "status": "ok" | "error", "error": str | null,
      "parameters": {prompt, negative_prompt, seed, steps, guidance, sampler, width, height} | null,
      "seed": int | null, "timings": {...} | null, "png": "<id>.png" | null,
-     "input_sha256": str (input errors only), "finished_at": ISO 8601 UTC}
+     "png_sha256": str (ok only), "input_sha256": str (input errors only),
+     "finished_at": ISO 8601 UTC}
+
+The manifest is ASCII JSON (any text, a lone surrogate included, is written escaped); an error's
+text is cut to 2000 characters.
 
 ``timings``: images sharing a U-Net batch share every model call, so each gets the batch's
 seconds (``text_encoder``, ``unet``, ``vae``, ``total``) divided by ``batch_images``, the batch's
 image count; ``save`` is that image's own PNG write.
 
 Resume: rerunning the same command skips an item whose latest manifest line is ``ok`` with the
-same parameters and whose PNG exists.  Items that failed while generating are retried; a line
-that failed input validation (not JSON, unknown keys, bad values, duplicate id) is recorded once
-and not again while the line's text is unchanged (``input_sha256``).  A torn last manifest line
-(``kill -9`` mid-write) is cut off on start, and so are leftover temporary PNGs
-(``.<id>.png.<hex>.tmp``).  The latest line for an id is its state.  One job at a time per
-folder: the manifest is locked (``flock``; not on Windows).
+same parameters and whose PNG is the one recorded (its ``png_sha256``; for records without one,
+a PNG that decodes to its end): a truncated or replaced PNG is generated again. Items that
+failed while generating are retried; a line that failed input validation (not JSON, unknown
+keys, bad values, duplicate id) is recorded once and not again while the line's text is
+unchanged (``input_sha256``). A torn last manifest line (``kill -9`` mid-write) is cut off on
+start, and so are leftover temporary PNGs (``.<id>.png.<hex>.tmp``). The latest line for an id
+is its state. One job at a time per folder: the manifest is locked (``flock``; not on Windows).
 
 Exit status: 0 when every line of the job is ``ok``, otherwise the number of lines that are
 errors (input or generation, recorded in this run or an earlier one), at most 100; 2 also for
@@ -129,6 +140,14 @@ def _add_line_defaults(b: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--height", type=positive_int, default=None, metavar="PX", help="default height (default: model's)"
     )
+    b.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="largest image area, width x height; a line over it fails (default: the model family's, "
+        f"SD {rules.max_pixels('sd')}, SDXL {rules.max_pixels('sdxl')})",
+    )
 
 
 def _add_ray_options(r: Any) -> None:
@@ -193,7 +212,7 @@ def defaults_for(args: argparse.Namespace, model: Path) -> Defaults:
         preset.sampler,
         size_multiple=multiple,
         scheduler_config=folder.scheduler_config,
-        max_pixels=rules.max_pixels("sdxl" if folder.is_sdxl else "sd"),
+        max_pixels=args.max_pixels or rules.max_pixels("sdxl" if folder.is_sdxl else "sd"),
         vae_factor=factor,
     )
     if args.steps is not None:
@@ -239,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
 
         engine = batch_ray.engine(args, model)  # checks the extra is installed before any work
     else:
-        engine = local_engine(model, args.provider, args.threads)
+        engine = local_engine(model, args.provider, args.threads, args.max_pixels)
     items, input_errors = parse_job(job, defaults)
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out)

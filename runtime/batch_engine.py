@@ -37,14 +37,29 @@ def run_group(pipe: Any, items: list[Item]) -> GroupResult:
     return GroupResult(items, [np.asarray(im) for im in out.images], list(out.parameters), dict(out.timings))
 
 
-def local_engine(model: Path, provider: str | None, threads: int | None) -> Engine:
-    """Groups run one after the other on a Pipeline loaded in this process (on first use)."""
+def run_isolated(pipe: Any, items: list[Item]) -> list[GroupResult]:
+    """The group in one call; if that fails, each item alone, so that an item that cannot run
+    fails by itself and its group-mates still get their images (the same pixels: an image does
+    not depend on its batch)."""
+    result = run_group(pipe, items)
+    if result.error is None or len(items) == 1:
+        return [result]
+    return [run_group(pipe, [it]) for it in items]
+
+
+def local_engine(
+    model: Path, provider: str | None, threads: int | None, max_pixels: int | None = None
+) -> Engine:
+    """Groups run one after the other on a Pipeline loaded in this process (on first use);
+    ``max_pixels``: the Pipeline's budget per image (None: its family's)."""
 
     def run_groups(groups: list[list[Item]]) -> Iterator[GroupResult]:
         from .pipeline import Pipeline
 
         pipe = Pipeline.from_pretrained(model, provider=provider, num_threads=threads)
+        if max_pixels is not None:
+            pipe.max_pixels = max_pixels
         for g in groups:
-            yield run_group(pipe, g)
+            yield from run_isolated(pipe, g)
 
     return run_groups

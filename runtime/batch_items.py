@@ -15,7 +15,8 @@ from typing import Any
 from . import rules
 
 KEYS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance", "sampler", "width", "height")
-MAX_ID = 200  # file names are at most 255 bytes on common file systems: leave room for ".png" + temp
+# An error's text quotes the bad value: keep a manifest line short whatever a line holds.
+MAX_ERROR_CHARS = 2000
 
 
 @dataclass
@@ -78,17 +79,16 @@ def derived_seed(item_id: str) -> int:
 
 
 def check_id(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"id must be a string, got {value!r}")
-    if not value or len(value) > MAX_ID:
-        raise ValueError(f"id must be 1 to {MAX_ID} characters, got {len(value)}")
-    bad = [c for c in value if c in "/\\" or ord(c) < 32 or ord(c) == 127]
-    if bad:
-        raise ValueError(f"id {value!r} must not contain path separators or control characters")
-    if value.startswith("."):
-        # "." and ".." are folders, and names starting with "." are the temporary files' names.
-        raise ValueError(f"id {value!r} must not start with '.'")
-    return value
+    """An item's id names its PNG: the rule for file names (``sdlite.rules.check_file_name``)."""
+    return rules.check_file_name("id", value)
+
+
+def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """At most ``limit`` characters; the middle goes (the rule's start and the value's end stay)."""
+    if len(text) <= limit:
+        return text
+    half = (limit - len(f" ...[{len(text)} characters cut]... ")) // 2
+    return f"{text[:half]} ...[{len(text) - 2 * half} characters cut]... {text[len(text) - half :]}"
 
 
 def _texts(obj: dict[str, Any]) -> tuple[str, str | None]:
@@ -150,6 +150,14 @@ def resolve(obj: Any, line: int, d: Defaults) -> Item:
     return Item(item_id, line, params)
 
 
+def _valid_id(obj: Any) -> str | None:
+    """The line's id for its error record, when it is one (a bad id is the error, not a name)."""
+    try:
+        return check_id(obj.get("id")) if isinstance(obj, dict) else None
+    except ValueError:
+        return None
+
+
 def _parse_line(raw: bytes, n: int, d: Defaults) -> Item | InputError:
     digest = hashlib.sha256(raw).hexdigest()
     obj: Any = None
@@ -159,10 +167,13 @@ def _parse_line(raw: bytes, n: int, d: Defaults) -> Item | InputError:
     except UnicodeDecodeError as err:
         return InputError(n, f"line {n} is not UTF-8: {err}", digest)
     except json.JSONDecodeError as err:
-        return InputError(n, f"line {n} is not JSON: {err}", digest)
-    except ValueError as err:
-        given = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
-        return InputError(n, f"line {n}: {err}", digest, given)
+        return InputError(n, clip(f"line {n} is not JSON: {err}"), digest)
+    except RecursionError:
+        # json.loads (or the repr quoting a value) recurses once per level: a line of 100,000
+        # "[" would otherwise end the whole job.
+        return InputError(n, f"line {n}: JSON nested too deeply (a job line is one flat object)", digest)
+    except ValueError as err:  # RuleError among them: its text names the key
+        return InputError(n, clip(f"line {n}: {err}"), digest, _valid_id(obj))
 
 
 def parse_job(path: Path, d: Defaults) -> tuple[list[Item], list[InputError]]:
@@ -189,8 +200,14 @@ def parse_job(path: Path, d: Defaults) -> tuple[list[Item], list[InputError]]:
 
 
 def group(items: Iterable[Item], batch_size: int) -> list[list[Item]]:
-    """Items with the same size, steps, sampler and guidance, in chunks of at most batch_size."""
+    """Items with the same size, steps, sampler and guidance, in chunks of at most batch_size
+    (fewer when the images would pass ``rules.MAX_BATCH_PIXELS`` together)."""
     by_key: dict[tuple, list[Item]] = {}
     for it in items:
         by_key.setdefault(it.group_key, []).append(it)
-    return [same[i : i + batch_size] for same in by_key.values() for i in range(0, len(same), batch_size)]
+    groups = []
+    for same in by_key.values():
+        area = same[0].params["width"] * same[0].params["height"]
+        size = max(1, min(batch_size, rules.MAX_BATCH_PIXELS // area))
+        groups += [same[i : i + size] for i in range(0, len(same), size)]
+    return groups

@@ -5,6 +5,7 @@ The manifest's fields and the resume rules are described in ``sdlite.batch``'s d
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -14,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .batch_items import InputError, Item
+from .batch_items import InputError, Item, clip
 
 MANIFEST = "manifest.jsonl"
 TEMP_PNG = re.compile(r"\..+\.png\.[0-9a-f]{8}\.tmp")  # save_png's temporary names
@@ -63,7 +64,7 @@ class Manifest:
         for raw in data[:end].splitlines():
             try:
                 rec = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # a line edited by hand: not ours, skipped
                 continue
             if isinstance(rec, dict):
                 self.records.append(rec)
@@ -81,7 +82,8 @@ class Manifest:
 
     def append(self, record: dict[str, Any]) -> None:
         record = {**record, "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
-        self._file.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+        # ASCII: any str is written, a lone surrogate included (as "\ud800"); UTF-8 could not.
+        self._file.write(json.dumps(record).encode() + b"\n")
         self._file.flush()
         os.fsync(self._file.fileno())
         self.records.append(record)
@@ -124,17 +126,43 @@ def _same_params(a: Any, b: dict[str, Any]) -> bool:
     return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _complete_png(path: Path, sha256: Any) -> bool:
+    """The PNG the manifest recorded (its hash); records without one: a PNG that reads to its end."""
+    if not path.is_file():
+        return False
+    if isinstance(sha256, str):
+        return file_sha256(path) == sha256
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes every row: a cut IDAT fails here (verify() checks chunk CRCs only)
+    except Exception:
+        return False
+    return True
+
+
 def is_done(item: Item, rec: dict[str, Any] | None, out: Path) -> bool:
+    """Its latest record is ``ok`` with the same parameters, and its PNG is complete."""
     if rec is None or rec.get("status") != "ok" or not _same_params(rec.get("parameters"), item.params):
         return False
-    png = out / item.png
-    return png.is_file() and png.stat().st_size > 0
+    return _complete_png(out / item.png, rec.get("png_sha256"))
 
 
 def _record(item_id: str | None, line: int, **fields: Any) -> dict[str, Any]:
     rec: dict[str, Any] = {"id": item_id, "line": line, "status": "ok", "error": None}
     rec |= {"parameters": None, "seed": None, "timings": None, "png": None}
     rec.update(fields)
+    if isinstance(rec["error"], str):
+        rec["error"] = clip(rec["error"])
     return rec
 
 
@@ -142,23 +170,35 @@ def _item_record(item: Item, **fields: Any) -> dict[str, Any]:
     return _record(item.id, item.line, parameters=item.params, seed=item.params["seed"], **fields)
 
 
-def write_results(result: GroupResult, out: Path, manifest: Manifest) -> int:
-    """PNGs, then their manifest lines; returns the number of failed items."""
+def _save(it: Item, px: Any, text: str, out: Path) -> str:
+    """The item's PNG, renamed into place and fsynced; returns its sha256."""
     from PIL import Image
 
     from .images import save_png
 
+    path = save_png(Image.fromarray(px), out / it.png, text)
+    _fsync_file(path)
+    _fsync_dir(out)
+    return file_sha256(path)
+
+
+def write_results(result: GroupResult, out: Path, manifest: Manifest) -> int:
+    """PNGs, then their manifest lines; returns the number of failed items."""
     if result.error is not None:
         for it in result.items:
             manifest.append(_item_record(it, status="error", error=result.error))
         return len(result.items)
     n = len(result.items)
     share = {k: v / n for k, v in result.timings.items()}
+    failed = 0
     for it, px, text in zip(result.items, result.pixels, result.infotexts, strict=True):
         t0 = time.perf_counter()
-        path = save_png(Image.fromarray(px), out / it.png, text)
-        _fsync_file(path)
-        _fsync_dir(out)
+        try:
+            digest = _save(it, px, text, out)
+        except OSError as err:  # this item's file (a full disk fails the manifest's write next)
+            manifest.append(_item_record(it, status="error", error=f"writing {it.png} failed: {err}"))
+            failed += 1
+            continue
         timings = {**share, "batch_images": n, "save": time.perf_counter() - t0}
-        manifest.append(_item_record(it, timings=timings, png=it.png))
-    return 0
+        manifest.append(_item_record(it, timings=timings, png=it.png, png_sha256=digest))
+    return failed

@@ -4,7 +4,7 @@ The driver (``sdlite.batch``) parses the job, decides what is left to do, and wr
 and manifest line as results stream back, so input checks, grouping, resume and the manifest are
 the local engine's.  Here: one dataset row per group (one Pipeline call); ``map_batches`` over a
 fixed pool of ``--ray-workers`` actors, each loading the Pipeline once and running
-``sdlite.batch_engine.run_group``; the pixels come back as uint8 arrays.  The model folder must be at
+``sdlite.batch_engine.run_isolated``; the pixels come back as uint8 arrays.  The model folder must be at
 the same path on every node (a shared file system, or copied there beforehand).
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .batch_engine import Engine, run_group
+from .batch_engine import Engine, run_isolated
 from .batch_items import Item
 from .batch_manifest import GroupResult
 
@@ -47,10 +47,14 @@ def gpus_per_worker(args: argparse.Namespace) -> float:
 class PipelineActor:
     """A Ray Data callable class: loads the model once, then runs one group per row."""
 
-    def __init__(self, model: str, provider: str | None, threads: int | None) -> None:
+    def __init__(
+        self, model: str, provider: str | None, threads: int | None, max_pixels: int | None = None
+    ) -> None:
         from .pipeline import Pipeline
 
         self.pipe = Pipeline.from_pretrained(model, provider=provider, num_threads=threads)
+        if max_pixels is not None:
+            self.pipe.max_pixels = max_pixels
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
@@ -59,7 +63,7 @@ class PipelineActor:
         for text in batch["group"]:
             items = [Item.from_json(d) for d in json.loads(str(text))]
             # Pickled: pixels of varying sizes and nested timings do not fit an Arrow column.
-            results.append(pickle.dumps(run_group(self.pipe, items)))
+            results.append(pickle.dumps(run_isolated(self.pipe, items)))  # a list of GroupResult
         out = np.empty(len(results), dtype=object)
         out[:] = results
         return {"result": out}
@@ -91,12 +95,13 @@ def engine(args: argparse.Namespace, model: Path) -> Engine:
                     "model": str(model.resolve()),
                     "provider": args.provider,
                     "threads": args.threads,
+                    "max_pixels": args.max_pixels,
                 },
                 num_cpus=1,
                 num_gpus=gpus,
             )
             for row in ds.iter_rows():
-                yield pickle.loads(row["result"])
+                yield from pickle.loads(row["result"])
         finally:
             ray.shutdown()
 

@@ -46,8 +46,13 @@ MAX_INPUT_PIXELS = 4096 * 4096
 # All images of one call together (the U-Net runs them as one batch): 64 images of 1024x1024.
 MAX_BATCH_PIXELS = MAX_IMAGES * 1024 * 1024
 OUTPUT_TYPES = ("pil", "np", "latent")
+# A name that becomes a file name (a batch item's id -> "<id>.png"), in UTF-8 bytes: file systems
+# count bytes (255 on ext4, APFS, NTFS), and 200 leaves room for ".png" and the temporary name
+# around it (".<id>.png.<8 hex>.tmp").  Characters would let 200 "é" (400 bytes) through.
+MAX_NAME_BYTES = 200
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 and C1 but tab, newline, CR
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f/\\\\]")  # controls and path separators
 
 
 class RuleError(ValueError):
@@ -151,6 +156,24 @@ def check_text(field: str, value: Any, max_chars: int = MAX_PROMPT_CHARS) -> str
         raise RuleError(field, "text without lone surrogates", bad.group())
     if (bad := _CONTROL.search(value)) is not None:
         raise RuleError(field, "text without control characters (tab, newline and CR are fine)", bad.group())
+    return value
+
+
+def check_file_name(field: str, value: Any, max_bytes: int = MAX_NAME_BYTES) -> str:
+    """A name used as a file name: 1 to ``max_bytes`` UTF-8 bytes, no path separators, control
+    characters or lone surrogates, not starting with "." ("." and ".." are folders, and the
+    temporary files' names start with ".")."""
+    if not isinstance(value, str) or not value:
+        raise RuleError(field, "a non-empty string", value)
+    if (bad := _SURROGATE.search(value)) is not None:  # not encodable: no file can have this name
+        raise RuleError(field, "text without lone surrogates", bad.group())
+    size = len(value.encode())
+    if size > max_bytes:
+        raise RuleError(field, f"at most {max_bytes} bytes in UTF-8 (it names a file)", f"{size} bytes")
+    if _NOT_IN_NAMES.search(value) is not None:
+        raise RuleError(field, "a name without path separators or control characters", value)
+    if value.startswith("."):
+        raise RuleError(field, "a name not starting with '.'", value)
     return value
 
 
