@@ -86,6 +86,59 @@ def _merge(pieces: list[list]) -> list[tuple[str, float]]:
     return [(text, weight) for text, weight in out]
 
 
+class _Attention:
+    """parse_prompt_attention's state: the pieces so far and where each open bracket started."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+        self.pieces: list[list] = []
+        self.rounds: list[int] = []
+        self.squares: list[int] = []
+
+    def scale(self, start: int, factor: float) -> None:
+        for piece in self.pieces[start:]:
+            piece[1] *= factor
+
+    def read(self, match: re.Match) -> None:
+        token, weight, odd = match.group(0), match.group("weight"), match.group("odd")
+        if token.startswith("\\"):
+            self.pieces.append([token[1:], 1.0])
+        elif token == "(" or token == "[":
+            (self.rounds if token == "(" else self.squares).append(len(self.pieces))
+        elif self.rounds and (weight is not None or odd is not None or token == ")"):
+            self.close_round(token, weight, odd)
+        elif token == "]" and self.squares:
+            self.scale(self.squares.pop(), 1 / _UP)
+        else:
+            for i, part in enumerate(_BREAK.split(token)):
+                if i:
+                    self.pieces.append(["BREAK", -1.0])
+                self.pieces.append([part, 1.0])
+
+    def close_round(self, token: str, weight: str | None, odd: str | None) -> None:
+        start = self.rounds.pop()
+        if weight is not None:
+            self.scale(start, _weight(weight, self.field))
+            return
+        if odd is not None:
+            _refuse_infinite(odd, self.field)  # a finite one is text, as AUTOMATIC1111 reads it
+            self.pieces.append([token[:-1], 1.0])
+        self.scale(start, _UP)
+
+    def finish(self) -> list[tuple[str, float]]:
+        for start in self.rounds:
+            self.scale(start, _UP)
+        for start in self.squares:
+            self.scale(start, 1 / _UP)
+        for piece_text, piece_weight in self.pieces:
+            if not math.isfinite(piece_weight):
+                raise ValueError(
+                    f"{self.field}: the weights around {piece_text!r} multiply past the float range; "
+                    f"{_FINITE_RULE}, and nested weights multiply"
+                )
+        return _merge(self.pieces) if self.pieces else [("", 1.0)]
+
+
 def parse_prompt_attention(text: str, *, field: str = "prompt") -> list[tuple[str, float]]:
     """Split a prompt into (text, weight) pieces by AUTOMATIC1111's attention rules.
 
@@ -93,46 +146,10 @@ def parse_prompt_attention(text: str, *, field: str = "prompt") -> list[tuple[st
     `\\(` `\\)` `\\[` `\\]` `\\\\` are literals, neighbours of equal weight merge, and a standalone `BREAK`
     gives the marker ("BREAK", -1.0). `field` names the prompt in the error for a non-finite weight.
     """
-    pieces: list[list] = []
-    rounds: list[int] = []
-    squares: list[int] = []
-
-    def scale(start: int, factor: float) -> None:
-        for piece in pieces[start:]:
-            piece[1] *= factor
-
+    state = _Attention(field)
     for match in _ATTENTION_TOKEN.finditer(text):
-        token, weight, odd = match.group(0), match.group("weight"), match.group("odd")
-        if token.startswith("\\"):
-            pieces.append([token[1:], 1.0])
-        elif token == "(":
-            rounds.append(len(pieces))
-        elif token == "[":
-            squares.append(len(pieces))
-        elif weight is not None and rounds:
-            scale(rounds.pop(), _weight(weight, field))
-        elif odd is not None and rounds:
-            _refuse_infinite(odd, field)  # a finite one is text, as AUTOMATIC1111 reads it
-            pieces.append([token[:-1], 1.0])
-            scale(rounds.pop(), _UP)
-        elif token == ")" and rounds:
-            scale(rounds.pop(), _UP)
-        elif token == "]" and squares:
-            scale(squares.pop(), 1 / _UP)
-        else:
-            for i, part in enumerate(_BREAK.split(token)):
-                if i:
-                    pieces.append(["BREAK", -1.0])
-                pieces.append([part, 1.0])
-    for start in rounds:
-        scale(start, _UP)
-    for start in squares:
-        scale(start, 1 / _UP)
-    for piece_text, piece_weight in pieces:
-        if not math.isfinite(piece_weight):
-            raise ValueError(f"{field}: the weights around {piece_text!r} multiply past the float range; "
-                             f"{_FINITE_RULE}, and nested weights multiply")
-    return _merge(pieces) if pieces else [("", 1.0)]
+        state.read(match)
+    return state.finish()
 
 
 # Prompt editing. The parse tree is made of plain tuples:
@@ -240,8 +257,10 @@ def _end_step(number: str, steps: int, old_scheduling: bool, field: str) -> int:
     """The last step of `from` in [from:to:when], as AUTOMATIC1111 rounds it (truncated, capped at steps)."""
     value = float(number)
     if not math.isfinite(value):
-        raise ValueError(f"{field}: the step {number!r} in [from:to:when] is not a finite number; when must "
-                         "be a fraction of the steps, such as 0.4, or a step number, such as 10")
+        raise ValueError(
+            f"{field}: the step {number!r} in [from:to:when] is not a finite number; when must "
+            "be a fraction of the steps, such as 0.4, or a step number, such as 10"
+        )
     if old_scheduling:
         value = value * steps if value < 1 else value
     elif "." in number:
@@ -341,8 +360,10 @@ def _network(kind: str, args: str, field: str) -> ExtraNetwork:
     if math.isfinite(weight):
         return ExtraNetwork(kind, name, weight)
     if kind in WEIGHTED_NETWORKS:
-        raise ValueError(f"{field}: the weight {raw!r} in <{kind}:{args}> is not a finite number; "
-                         f"write <{kind}:NAME> or <{kind}:NAME:WEIGHT> with a weight such as 0.8")
+        raise ValueError(
+            f"{field}: the weight {raw!r} in <{kind}:{args}> is not a finite number; "
+            f"write <{kind}:NAME> or <{kind}:NAME:WEIGHT> with a weight such as 0.8"
+        )
     return ExtraNetwork(kind, name, None)
 
 
