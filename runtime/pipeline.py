@@ -44,7 +44,9 @@ import numpy as np
 from . import images as imgs
 from . import latents as lat
 from . import presets as model_presets
+from . import preview as pv
 from . import rules
+from . import vae_tiling as tiling
 from .conditioning import PromptEncoder
 from .folder import ModelFolder, load_folder
 from .graph import LATENT_PARAMETERS, Graph, read_graph
@@ -96,6 +98,11 @@ class Pipeline:
         self.graph: Graph = read_graph(folder, self.unet, self.vae_decoder, self.vae_encoder)
         # One image's largest area (sdlite.rules, per family); assign another to override.
         self.max_pixels = rules.max_pixels(self.graph.family)
+        # The VAE's tile side in pixels when it works in tiles (diffusers': the VAE config's
+        # sample_size); checked by sdlite.rules at each call.  Assign another to override.
+        vae_config = folder.configs.get("vae_decoder") or {}
+        self.vae_tile_size = rules.default_vae_tile_size(vae_config.get("sample_size"), self.graph.vae_factor)
+        self._preview_map: pv.PreviewMap | None = None
         # Sampling defaults for this model family (sdlite.presets); assign another to override.
         self.preset = model_presets.detect(
             folder.path, self.unet.inputs, folder.scheduler_config, folder.model_index
@@ -188,6 +195,10 @@ class Pipeline:
         target_size: tuple[int, int] | None = None,
         aesthetic_score: float | None = None,
         negative_aesthetic_score: float | None = None,
+        preview: Callable[[int, int, Any], Any] | None = None,
+        preview_every: int = 1,
+        vae_tiling: bool | None = None,
+        vae_tile_size: int | None = None,
     ) -> PipelineOutput:
         """Generate ``len(prompts) * num_images_per_prompt`` images (prompt-major order).
 
@@ -202,6 +213,11 @@ class Pipeline:
         inpainting, as in diffusers.  SDXL only (``sdlite.conditioning``): ``prompt_2``,
         ``negative_prompt_2``, ``original_size``, ``crops_coords_top_left``, ``target_size``
         and, for refiners, ``aesthetic_score`` / ``negative_aesthetic_score``, as in diffusers.
+        ``preview(step, total, image)`` gets a cheap PIL image of the denoised estimate at every
+        ``preview_every``-th step and the last (``sdlite.preview``; output size, images side by
+        side for a batch).  ``vae_tiling``: None decodes (and encodes) in tiles above
+        ``sdlite.rules.VAE_WHOLE_MAX_PIXELS``, True / False force it; ``vae_tile_size`` (pixels,
+        default ``self.vae_tile_size``) as diffusers' tile (``sdlite.vae_tiling``).
         Not thread-safe: one call at a time per Pipeline.
         """
         # First line: locals() holds the arguments alone, so the signature stays their one list.
@@ -224,15 +240,19 @@ class Pipeline:
             self.scheduler_config,
             self.max_pixels,
             can_encode=self.vae_encoder is not None,
+            vae_tile_size=self.vae_tile_size,
         )
 
     # --- the steps of a call --------------------------------------------------------------------
 
     def _initial_latents(self, req: Request) -> tuple[np.ndarray, Inpainting | None]:
+        def encode(pixels: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
+            return self._encode(pixels, rngs, req.vae_tile)
+
         if req.masks is not None:
-            return lat.inpainting(req, self._encode, self.graph.inpainting)
+            return lat.inpainting(req, encode, self.graph.inpainting)
         if req.init_images is not None:
-            return lat.image_to_image(req, self._encode), None
+            return lat.image_to_image(req, encode), None
         return lat.text_to_image(req), None
 
     def _condition(self, req: Request) -> None:
@@ -267,6 +287,8 @@ class Pipeline:
         t_feeds = self._timestep_feeds(req)
         for i, t in enumerate(timesteps):
             pred = self._predict(req, scheduler.scale_model_input(x, t), t_feeds[i], inpainting)
+            if req.preview is not None and ((i + 1) % req.preview_every == 0 or i + 1 == total):
+                self._preview(req, i + 1, total, pv.denoised(scheduler, x, pred))
             noise = lat.draw_noise(req.rngs, req.latent_shape) if stochastic else None
             x = scheduler.step(pred, t, x, noise=noise)
             if inpainting is not None:
@@ -274,6 +296,19 @@ class Pipeline:
             if req.callback is not None and req.callback(i + 1, total, x) is False:
                 return x, True
         return x, False
+
+    def _preview(self, req: Request, step: int, total: int, x0: np.ndarray) -> None:
+        assert req.preview is not None
+        req.preview(step, total, self.preview_map.image(x0, req.width, req.height))
+
+    @property
+    def preview_map(self) -> pv.PreviewMap:
+        """The latent -> RGB map of previews: cached beside the model, else fitted on first use."""
+        if self._preview_map is None:
+            self._preview_map = pv.for_folder(
+                self.folder.path, self._decode, self.graph.latent_channels, self.graph.vae_factor
+            )
+        return self._preview_map
 
     def _timestep_feeds(self, req: Request) -> list[np.ndarray]:
         # Made before the loop: after each U-Net call the caches are cold and every numpy call
@@ -303,37 +338,55 @@ class Pipeline:
     def _output(self, req: Request, x: np.ndarray) -> Any:
         if req.output_type == "latent":
             return x
-        images = imgs.to_numpy(self._decode(x))
+        images = imgs.to_numpy(self._decode(x, req.vae_tile))
         return imgs.to_pil(images) if req.output_type == "pil" else images
 
     # --- the VAE --------------------------------------------------------------------------------
 
-    def _encode(self, pixels: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
-        """[B,3,H,W] in [-1,1] -> scaled latents; a posterior sample draws one normal per image."""
-        assert self.vae_encoder is not None
-        name = next(iter(self.vae_encoder.inputs))
+    def _encode(
+        self, pixels: np.ndarray, rngs: list[np.random.Generator], tile: int | None = None
+    ) -> np.ndarray:
+        """[B,3,H,W] in [-1,1] -> scaled latents; a posterior sample draws one normal per image.
+
+        ``tile``: encode in tiles of that many pixels (``sdlite.vae_tiling``), else whole.
+        """
+        encoder = self.vae_encoder
+        assert encoder is not None
+        name, output = next(iter(encoder.inputs)), self.graph.encoder_output
+
+        def run(part: np.ndarray) -> np.ndarray:
+            return encoder.run({name: part}, [output])[0]
+
         step = self.graph.encoder_batch or len(pixels)
-        output = self.graph.encoder_output
         outs = [
-            self.vae_encoder.run({name: pixels[i : i + step]}, [output])[0]
-            for i in range(0, len(pixels), step)
+            run(chunk) if tile is None else tiling.tiled_encode(run, chunk, tile, self.graph.vae_factor)
+            for chunk in (pixels[i : i + step] for i in range(0, len(pixels), step))
         ]
         out = np.concatenate(outs).astype(np.float32, copy=False)
         if output == LATENT_PARAMETERS:
             out = lat.posterior_sample(out, rngs)
         return out * np.float32(self.folder.scaling_factor)
 
-    def _decode(self, x: np.ndarray) -> np.ndarray:
-        """VAE-decode one image at a time (lower peak memory); redo in fp32 on NaN/inf."""
+    def _decode(self, x: np.ndarray, tile: int | None = None) -> np.ndarray:
+        """VAE-decode one image at a time (lower peak memory); redo in fp32 on NaN/inf.
+
+        ``tile``: decode in tiles of that many pixels (``sdlite.vae_tiling``), else whole.
+        """
         name = next(iter(self.vae_decoder.inputs))
         scaled = x / np.float32(self.folder.scaling_factor)
         step = self.graph.decoder_batch or 1
         out = []
         for i in range(0, len(scaled), step):
-            (dec,) = self.vae_decoder.run({name: scaled[i : i + step]})
-            if not np.isfinite(dec).all():
-                dec = self._decode_fp32(scaled[i : i + step], i)
-            out.append(dec.astype(np.float32, copy=False))
+
+            def run(z: np.ndarray, i: int = i) -> np.ndarray:
+                (dec,) = self.vae_decoder.run({name: z})
+                if not np.isfinite(dec).all():
+                    dec = self._decode_fp32(z, i)
+                return dec.astype(np.float32, copy=False)
+
+            chunk = scaled[i : i + step]
+            dec = run(chunk) if tile is None else tiling.tiled_decode(run, chunk, tile, self.graph.vae_factor)
+            out.append(dec)
         return np.concatenate(out)
 
     def _decode_fp32(self, scaled: np.ndarray, i: int) -> np.ndarray:

@@ -1,0 +1,137 @@
+"""Live previews: the current denoised estimate as a cheap image, every N steps.
+
+The image comes from a linear map, latent channels + bias -> RGB per latent cell (the approach
+of AUTOMATIC1111's "Approx cheap"), fitted by least squares against the model's own VAE
+decoder: smooth random latents are decoded at a small size and each decoded image is averaged
+over the cells' ``factor x factor`` pixel blocks.  The map is cached as ``preview.json`` beside
+the model when the folder is writable (written under a temporary name, then renamed), else kept
+in memory; a cached file of the wrong shape or with non-finite numbers is refitted, never used.
+
+The preview shows the sampler's data prediction x0, computed from the U-Net's output and the
+sampler's public ``sigmas`` (``x0 = x_ve - sigma * eps`` for epsilon models, diffusers' formula
+for v-prediction); a sampler without them is previewed from its current latents.  The latent
+sized preview is scaled to the output size with Pillow's bilinear filter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+PREVIEW_FILE = "preview.json"
+FORMAT = 1
+FIT_CELLS = 16  # the fitting latents' side in cells: small enough for a fast decode
+FIT_SAMPLES = 12
+FIT_AMPLITUDES = (1.0, 1.5, 2.0)  # scaled latents have unit variance, but channel means away from 0
+_BORDER = 2  # cells next to the border see the decoder's zero padding: left out of the fit
+
+Decode = Callable[[np.ndarray], np.ndarray]  # scaled latents [B,C,h,w] -> pixels [B,3,H,W] in [-1,1]
+
+
+@dataclass(frozen=True)
+class PreviewMap:
+    weights: np.ndarray  # [C, 3]: scaled latents -> RGB in [-1, 1]
+    bias: np.ndarray  # [3]
+
+    def rgb(self, latents: np.ndarray) -> np.ndarray:
+        """Scaled latents [B, C, h, w] -> uint8 [B, h, w, 3]."""
+        out = np.einsum("bchw,ck->bhwk", latents.astype(np.float32), self.weights) + self.bias
+        return np.clip((out + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+    def image(self, latents: np.ndarray, width: int, height: int) -> Image.Image:
+        """One ``width`` x ``height`` image per latent (bilinear), side by side for a batch."""
+        tiles = [Image.fromarray(a).resize((width, height), Image.BILINEAR) for a in self.rgb(latents)]
+        if len(tiles) == 1:
+            return tiles[0]
+        sheet = Image.new("RGB", (width * len(tiles), height))
+        for i, tile in enumerate(tiles):
+            sheet.paste(tile, (i * width, 0))
+        return sheet
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "weights": self.weights.tolist(), "bias": self.bias.tolist()}
+
+
+def _fit_latents(channels: int, rng: np.random.Generator) -> np.ndarray:
+    """Smooth random latents (blocks of 2 to 8 cells plus a little fine noise), like images' latents."""
+    out = []
+    for k in range(FIT_SAMPLES):
+        block, amplitude = (2, 4, 8)[k % 3], FIT_AMPLITUDES[(k // 3) % len(FIT_AMPLITUDES)]
+        coarse = amplitude * rng.standard_normal((channels, FIT_CELLS // block, FIT_CELLS // block))
+        smooth = coarse.repeat(block, axis=1).repeat(block, axis=2)
+        out.append(smooth + 0.1 * rng.standard_normal(smooth.shape))
+    return np.stack(out).astype(np.float32)
+
+
+def fit(decode: Decode, channels: int, factor: int, seed: int = 0) -> PreviewMap:
+    """Least squares: latent channels + 1 -> the decoder's mean RGB over each cell's pixels."""
+    z = _fit_latents(channels, np.random.default_rng(seed))
+    pixels = np.asarray(decode(z), dtype=np.float64)
+    b, _, h, w = z.shape
+    cells = pixels.reshape(b, 3, h, factor, w, factor).mean(axis=(3, 5))
+    inner = (slice(None), slice(None), slice(_BORDER, h - _BORDER), slice(_BORDER, w - _BORDER))
+    x = z[inner].transpose(0, 2, 3, 1).reshape(-1, channels).astype(np.float64)
+    y = cells[inner].transpose(0, 2, 3, 1).reshape(-1, 3)
+    design = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    return PreviewMap(coef[:channels].astype(np.float32), coef[channels].astype(np.float32))
+
+
+def load(path: Path, channels: int) -> PreviewMap | None:
+    """The cached map, or None when it is missing, unreadable or not a finite [C, 3] + [3] map."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        weights = np.asarray(data["weights"], dtype=np.float32)
+        bias = np.asarray(data["bias"], dtype=np.float32)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+        return None
+    if data.get("format") != FORMAT or weights.shape != (channels, 3) or bias.shape != (3,):
+        return None
+    if not (np.isfinite(weights).all() and np.isfinite(bias).all()):
+        return None
+    return PreviewMap(weights, bias)
+
+
+def save(path: Path, preview_map: PreviewMap) -> bool:
+    """Write atomically (temporary name, then rename); False when the folder is not writable."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(preview_map.to_json()), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def for_folder(folder: Path, decode: Decode, channels: int, factor: int) -> PreviewMap:
+    """The folder's cached map, else one fitted now (and cached there when it is writable)."""
+    path = folder / PREVIEW_FILE
+    cached = load(path, channels)
+    if cached is not None:
+        return cached
+    fitted = fit(decode, channels, factor)
+    save(path, fitted)
+    return fitted
+
+
+def denoised(scheduler: Any, x: np.ndarray, model_output: np.ndarray) -> np.ndarray:
+    """The data prediction x0 at the scheduler's current call, in the caller's latent scale."""
+    sigmas, k = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
+    space = getattr(getattr(scheduler, "spec", None), "space", None)
+    prediction = getattr(scheduler, "prediction_type", "epsilon")
+    if sigmas is None or k is None or space not in ("vp", "ve") or prediction == "sample":
+        return model_output if prediction == "sample" else x
+    s = float(sigmas[k])
+    x_ve = x * np.float32(math.sqrt(s * s + 1.0)) if space == "vp" else x
+    if prediction == "v_prediction":
+        return x_ve / np.float32(s * s + 1.0) - model_output * np.float32(s / math.sqrt(s * s + 1.0))
+    return x_ve - model_output * np.float32(s)
