@@ -46,14 +46,14 @@ from . import latents as lat
 from . import presets as model_presets
 from . import preview as pv
 from . import rules
-from . import vae_tiling as tiling
 from .conditioning import PromptEncoder
 from .folder import ModelFolder, load_folder
-from .graph import LATENT_PARAMETERS, Graph, read_graph
+from .graph import Graph, read_graph
 from .inpaint import Inpainting
 from .lcm import TIMESTEP_COND, guidance_embedding
 from .request import Arguments, Request, parameters, resolve
 from .sessions import ProviderArg, Session, resolve_providers, session_options
+from .vae import VAE
 
 MAX_PIXELS = rules.MAX_PIXELS  # the largest image any family allows; a pipeline's own: pipe.max_pixels
 MAX_SEED = rules.MAX_SEED
@@ -93,9 +93,16 @@ class Pipeline:
         self.vae_decoder = self._session(folder.onnx["vae_decoder"])
         enc = folder.onnx.get("vae_encoder")
         self.vae_encoder = self._session(enc) if enc is not None else None
-        self._fp32_decoder: Session | None = None
         self.scheduler_config = folder.scheduler_config
         self.graph: Graph = read_graph(folder, self.unet, self.vae_decoder, self.vae_encoder)
+        self.vae = VAE(
+            self.vae_decoder,
+            self.vae_encoder,
+            self.graph,
+            folder.scaling_factor,
+            folder.fp32_decoder,
+            self._session,
+        )
         # One image's largest area (sdlite.rules, per family); assign another to override.
         self.max_pixels = rules.max_pixels(self.graph.family)
         # The VAE's tile side in pixels when it works in tiles (diffusers': the VAE config's
@@ -247,7 +254,7 @@ class Pipeline:
 
     def _initial_latents(self, req: Request) -> tuple[np.ndarray, Inpainting | None]:
         def encode(pixels: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
-            return self._encode(pixels, rngs, req.vae_tile)
+            return self.vae.encode(pixels, rngs, req.vae_tile)
 
         if req.masks is not None:
             return lat.inpainting(req, encode, self.graph.inpainting)
@@ -306,7 +313,7 @@ class Pipeline:
         """The latent -> RGB map of previews: cached beside the model, else fitted on first use."""
         if self._preview_map is None:
             self._preview_map = pv.for_folder(
-                self.folder.path, self._decode, self.graph.latent_channels, self.graph.vae_factor
+                self.folder.path, self.vae.decode, self.graph.latent_channels, self.graph.vae_factor
             )
         return self._preview_map
 
@@ -338,75 +345,13 @@ class Pipeline:
     def _output(self, req: Request, x: np.ndarray) -> Any:
         if req.output_type == "latent":
             return x
-        images = imgs.to_numpy(self._decode(x, req.vae_tile))
+        images = imgs.to_numpy(self.vae.decode(x, req.vae_tile))
         return imgs.to_pil(images) if req.output_type == "pil" else images
-
-    # --- the VAE --------------------------------------------------------------------------------
-
-    def _encode(
-        self, pixels: np.ndarray, rngs: list[np.random.Generator], tile: int | None = None
-    ) -> np.ndarray:
-        """[B,3,H,W] in [-1,1] -> scaled latents; a posterior sample draws one normal per image.
-
-        ``tile``: encode in tiles of that many pixels (``sdlite.vae_tiling``), else whole.
-        """
-        encoder = self.vae_encoder
-        assert encoder is not None
-        name, output = next(iter(encoder.inputs)), self.graph.encoder_output
-
-        def run(part: np.ndarray) -> np.ndarray:
-            return encoder.run({name: part}, [output])[0]
-
-        step = self.graph.encoder_batch or len(pixels)
-        outs = [
-            run(chunk) if tile is None else tiling.tiled_encode(run, chunk, tile, self.graph.vae_factor)
-            for chunk in (pixels[i : i + step] for i in range(0, len(pixels), step))
-        ]
-        out = np.concatenate(outs).astype(np.float32, copy=False)
-        if output == LATENT_PARAMETERS:
-            out = lat.posterior_sample(out, rngs)
-        return out * np.float32(self.folder.scaling_factor)
-
-    def _decode(self, x: np.ndarray, tile: int | None = None) -> np.ndarray:
-        """VAE-decode one image at a time (lower peak memory); redo in fp32 on NaN/inf.
-
-        ``tile``: decode in tiles of that many pixels (``sdlite.vae_tiling``), else whole.
-        """
-        name = next(iter(self.vae_decoder.inputs))
-        scaled = x / np.float32(self.folder.scaling_factor)
-        step = self.graph.decoder_batch or 1
-        out = []
-        for i in range(0, len(scaled), step):
-
-            def run(z: np.ndarray, i: int = i) -> np.ndarray:
-                (dec,) = self.vae_decoder.run({name: z})
-                if not np.isfinite(dec).all():
-                    dec = self._decode_fp32(z, i)
-                return dec.astype(np.float32, copy=False)
-
-            chunk = scaled[i : i + step]
-            dec = run(chunk) if tile is None else tiling.tiled_decode(run, chunk, tile, self.graph.vae_factor)
-            out.append(dec)
-        return np.concatenate(out)
-
-    def _decode_fp32(self, scaled: np.ndarray, i: int) -> np.ndarray:
-        if self.folder.fp32_decoder is None:
-            raise FloatingPointError(
-                f"the VAE decoder produced NaN/inf for image {i} (fp16 overflow?) and the model "
-                f"folder has no fp32 decoder (vae_decoder/model_fp32.onnx) to retry with"
-            )
-        if self._fp32_decoder is None:
-            self._fp32_decoder = self._session(self.folder.fp32_decoder)
-        (dec,) = self._fp32_decoder.run({next(iter(self._fp32_decoder.inputs)): scaled})
-        if not np.isfinite(dec).all():
-            raise FloatingPointError(f"the VAE decoder produced NaN/inf for image {i}, even in fp32")
-        return dec
 
     # --- the report -----------------------------------------------------------------------------
 
     def _all_sessions(self) -> list[Session]:
-        out = [*self.prompt_encoder.sessions, self.unet, self.vae_decoder]
-        return out + [s for s in (self.vae_encoder, self._fp32_decoder) if s is not None]
+        return [*self.prompt_encoder.sessions, self.unet, *self.vae.sessions]
 
     def _session_seconds(self) -> dict[int, float]:
         return {id(s): s.seconds for s in self._all_sessions()}

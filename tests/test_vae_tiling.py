@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sdlite import Pipeline, rules
 from sdlite.rules import RuleError
-from sdlite.vae_tiling import needs_tiles, tiled_decode, tiled_encode
+from sdlite.vae import needs_tiles, tiled_decode, tiled_encode
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
