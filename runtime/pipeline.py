@@ -254,7 +254,7 @@ class Pipeline:
 
     def _initial_latents(self, req: Request) -> tuple[np.ndarray, Inpainting | None]:
         def encode(pixels: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
-            return self.vae.encode(pixels, rngs, req.vae_tile)
+            return self._encode(pixels, rngs, req.vae_tile)
 
         if req.masks is not None:
             return lat.inpainting(req, encode, self.graph.inpainting)
@@ -347,6 +347,12 @@ class Pipeline:
             return x
         images = imgs.to_numpy(self.vae.decode(x, req.vae_tile))
         return imgs.to_pil(images) if req.output_type == "pil" else images
+
+    def _encode(
+        self, pixels: np.ndarray, rngs: list[np.random.Generator], tile: int | None = None
+    ) -> np.ndarray:
+        """[B,3,H,W] in [-1,1] -> scaled latents, drawing the posterior sample (``sdlite.vae``)."""
+        return self.vae.encode(pixels, rngs, tile)
 
     # --- the report -----------------------------------------------------------------------------
 
