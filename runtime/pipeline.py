@@ -312,9 +312,14 @@ class Pipeline:
     def preview_map(self) -> pv.PreviewMap:
         """The latent -> RGB map of previews: cached beside the model, else fitted on first use."""
         if self._preview_map is None:
-            self._preview_map = pv.for_folder(
-                self.folder.path, self.vae.decode, self.graph.latent_channels, self.graph.vae_factor
+            g, onnx = self.graph, self.folder.onnx["vae_decoder"]
+            h, w = g.static_size
+            cells = (h // g.vae_factor, w // g.vae_factor) if h and w else (pv.FIT_CELLS, pv.FIT_CELLS)
+            source = f"{onnx.parent.name}/{onnx.name}: {onnx.stat().st_size} bytes"
+            dec = pv.Decoder(
+                self.vae.decode, g.latent_channels, g.vae_factor, cells, g.decoder_batch or 1, source
             )
+            self._preview_map = pv.for_folder(self.folder.path, dec)
         return self._preview_map
 
     def _timestep_feeds(self, req: Request) -> list[np.ndarray]:

@@ -56,55 +56,76 @@ class PreviewMap:
             sheet.paste(tile, (i * width, 0))
         return sheet
 
-    def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "weights": self.weights.tolist(), "bias": self.bias.tolist()}
+    def to_json(self, source: str) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "source": source,
+            "weights": self.weights.tolist(),
+            "bias": self.bias.tolist(),
+        }
 
 
-def _fit_latents(channels: int, rng: np.random.Generator) -> np.ndarray:
+@dataclass(frozen=True)
+class Decoder:
+    """What fitting needs of the model's VAE decoder."""
+
+    decode: Decode
+    channels: int
+    factor: int  # pixels per latent cell
+    cells: tuple[int, int] = (FIT_CELLS, FIT_CELLS)  # latent size decoded (a fixed-size export: its own)
+    batch: int = 1  # latents decoded per call come in multiples of it (a fixed-batch export's batch)
+    source: str = ""  # identifies the decoder file: a map cached for another one is refitted
+
+
+def _fit_latents(dec: Decoder, rng: np.random.Generator) -> np.ndarray:
     """Smooth random latents (blocks of 2 to 8 cells plus a little fine noise), like images' latents."""
+    h, w = dec.cells
     out = []
-    for k in range(FIT_SAMPLES):
+    for k in range(-(-FIT_SAMPLES // dec.batch) * dec.batch):
         block, amplitude = (2, 4, 8)[k % 3], FIT_AMPLITUDES[(k // 3) % len(FIT_AMPLITUDES)]
-        coarse = amplitude * rng.standard_normal((channels, FIT_CELLS // block, FIT_CELLS // block))
-        smooth = coarse.repeat(block, axis=1).repeat(block, axis=2)
+        coarse = amplitude * rng.standard_normal((dec.channels, -(-h // block), -(-w // block)))
+        smooth = coarse.repeat(block, axis=1).repeat(block, axis=2)[:, :h, :w]
         out.append(smooth + 0.1 * rng.standard_normal(smooth.shape))
     return np.stack(out).astype(np.float32)
 
 
-def fit(decode: Decode, channels: int, factor: int, seed: int = 0) -> PreviewMap:
+def fit(dec: Decoder, seed: int = 0) -> PreviewMap:
     """Least squares: latent channels + 1 -> the decoder's mean RGB over each cell's pixels."""
-    z = _fit_latents(channels, np.random.default_rng(seed))
-    pixels = np.asarray(decode(z), dtype=np.float64)
-    b, _, h, w = z.shape
-    cells = pixels.reshape(b, 3, h, factor, w, factor).mean(axis=(3, 5))
-    inner = (slice(None), slice(None), slice(_BORDER, h - _BORDER), slice(_BORDER, w - _BORDER))
-    x = z[inner].transpose(0, 2, 3, 1).reshape(-1, channels).astype(np.float64)
+    z = _fit_latents(dec, np.random.default_rng(seed))
+    pixels = np.asarray(dec.decode(z), dtype=np.float64)
+    b, c, h, w = z.shape
+    cells = pixels.reshape(b, 3, h, dec.factor, w, dec.factor).mean(axis=(3, 5))
+    border = _BORDER if min(h, w) > 4 * _BORDER else 0
+    inner = (slice(None), slice(None), slice(border, h - border), slice(border, w - border))
+    x = z[inner].transpose(0, 2, 3, 1).reshape(-1, c).astype(np.float64)
     y = cells[inner].transpose(0, 2, 3, 1).reshape(-1, 3)
     design = np.concatenate([x, np.ones((len(x), 1))], axis=1)
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    return PreviewMap(coef[:channels].astype(np.float32), coef[channels].astype(np.float32))
+    return PreviewMap(coef[:c].astype(np.float32), coef[c].astype(np.float32))
 
 
-def load(path: Path, channels: int) -> PreviewMap | None:
-    """The cached map, or None when it is missing, unreadable or not a finite [C, 3] + [3] map."""
+def load(path: Path, channels: int, source: str = "") -> PreviewMap | None:
+    """The cached map, or None when it is missing, unreadable, for another decoder or not a finite
+    [C, 3] + [3] map."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         weights = np.asarray(data["weights"], dtype=np.float32)
         bias = np.asarray(data["bias"], dtype=np.float32)
+        known = data["format"] == FORMAT and data["source"] == source
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
         return None
-    if data.get("format") != FORMAT or weights.shape != (channels, 3) or bias.shape != (3,):
+    if not known or weights.shape != (channels, 3) or bias.shape != (3,):
         return None
     if not (np.isfinite(weights).all() and np.isfinite(bias).all()):
         return None
     return PreviewMap(weights, bias)
 
 
-def save(path: Path, preview_map: PreviewMap) -> bool:
+def save(path: Path, preview_map: PreviewMap, source: str = "") -> bool:
     """Write atomically (temporary name, then rename); False when the folder is not writable."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(preview_map.to_json()), encoding="utf-8")
+        tmp.write_text(json.dumps(preview_map.to_json(source)), encoding="utf-8")
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)
@@ -112,14 +133,14 @@ def save(path: Path, preview_map: PreviewMap) -> bool:
     return True
 
 
-def for_folder(folder: Path, decode: Decode, channels: int, factor: int) -> PreviewMap:
+def for_folder(folder: Path, dec: Decoder) -> PreviewMap:
     """The folder's cached map, else one fitted now (and cached there when it is writable)."""
     path = folder / PREVIEW_FILE
-    cached = load(path, channels)
+    cached = load(path, dec.channels, dec.source)
     if cached is not None:
         return cached
-    fitted = fit(decode, channels, factor)
-    save(path, fitted)
+    fitted = fit(dec)
+    save(path, fitted, dec.source)
     return fitted
 
 

@@ -95,22 +95,29 @@ def test_the_map_is_cached_beside_the_model(demo, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "content",
+    "corrupt",
     [
-        "not json",
-        json.dumps({"format": 1, "weights": [[0.1, 0.2, 0.3]] * 3, "bias": [0, 0, 0]}),  # 3 channels
-        json.dumps({"format": 1, "weights": [[float("nan"), 0, 0]] * 4, "bias": [0, 0, 0]}),
-        json.dumps({"format": 1, "weights": [[0, 0, 0]] * 4, "bias": [0, 0]}),
-        json.dumps({"format": 99, "weights": [[0, 0, 0]] * 4, "bias": [0, 0, 0]}),
-        json.dumps([1, 2, 3]),
+        lambda good: "not json",
+        lambda good: json.dumps([1, 2, 3]),
+        lambda good: json.dumps({**good, "weights": good["weights"][:3]}),  # 3 channels, not 4
+        lambda good: json.dumps({**good, "weights": [[float("nan"), 0, 0]] * 4}),
+        lambda good: json.dumps({**good, "bias": [0, 0]}),
+        lambda good: json.dumps({**good, "format": 99}),
+        lambda good: json.dumps({**good, "source": "vae_decoder/model.onnx: 1 bytes"}),  # another decoder
+        lambda good: json.dumps({k: v for k, v in good.items() if k != "source"}),
     ],
 )
-def test_a_corrupt_cache_is_refitted(demo, content):
+def test_a_corrupt_or_stale_cache_is_refitted(demo, corrupt):
     path = demo / preview.PREVIEW_FILE
-    path.write_text(content)
-    fitted = Pipeline.from_pretrained(demo, provider="cpu").preview_map
-    assert np.isfinite(fitted.weights).all() and np.abs(fitted.weights).max() > 0
-    assert preview.load(path, 4) is not None  # rewritten with the fitted map
+    assert Pipeline.from_pretrained(demo, provider="cpu").preview_map is not None  # fits, writes the file
+    good = json.loads(path.read_text())
+    marked = {**good, "bias": [0.25, 0.25, 0.25]}  # a valid map that a refit would not give
+    path.write_text(json.dumps(marked))
+    assert np.allclose(Pipeline.from_pretrained(demo, provider="cpu").preview_map.bias, 0.25)
+    path.write_text(corrupt(good))
+    refitted = Pipeline.from_pretrained(demo, provider="cpu").preview_map
+    np.testing.assert_allclose(refitted.bias, good["bias"], rtol=1e-6)
+    assert json.loads(path.read_text()) == good  # rewritten with the fitted map
 
 
 def test_an_unwritable_folder_keeps_the_map_in_memory(demo):
@@ -157,3 +164,16 @@ def test_bad_preview_arguments_are_refused(pipe, kw, field):
     with pytest.raises(RuleError) as err:
         pipe("a cat", **kw)
     assert err.value.field == field
+
+
+def test_a_fixed_shape_export_fits_at_its_own_size(tmp_path, tiny_sd1_onnx):
+    import onnx_variants
+
+    static = onnx_variants.to_static(tiny_sd1_onnx, tmp_path / "static", batch=2)  # decoder: 2 x 16 x 16
+    pipe = Pipeline.from_pretrained(static, provider="cpu", num_threads=1)
+    got, record = _recorder()
+    pipe(["a cat", "a dog"], num_inference_steps=2, seed=0, preview=record)
+    assert [g[0] for g in got] == [1, 2] and got[0][2].size == (2 * 64, 64)
+    assert (static / preview.PREVIEW_FILE).is_file()
+    with pytest.raises(RuleError, match="vae_tiling must be False or None"):
+        pipe(["a cat", "a dog"], vae_tiling=True)
