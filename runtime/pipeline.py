@@ -28,7 +28,9 @@ decoded, and the output has ``cancelled=True``, ``images=[]`` and the latents re
 A call is a story of named steps: ``resolve`` (``sdlite.request``: every argument checked
 against ``sdlite.rules`` and the loaded graphs, ``sdlite.graph``, before any model runs), then
 the initial latents (``sdlite.latents``), the conditioning, the denoising loop, the decode and
-the report (seeds, timings, A1111 parameters).  A new feature joins the step it belongs to.
+the report (seeds, timings, A1111 parameters).  A new feature joins the step it belongs to:
+live previews (``sdlite.preview``) run in the denoising loop, and the VAE (``sdlite.vae``)
+encodes and decodes in tiles above ``sdlite.rules.VAE_WHOLE_MAX_PIXELS`` or when asked.
 """
 
 from __future__ import annotations

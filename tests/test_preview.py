@@ -80,7 +80,7 @@ def test_fitted_map_previews_the_demo_model_within_its_error(demo):
         shown = np.asarray(pipe.preview_map.image(latents[None], w, h), np.float32) / 255
         errors.append(np.abs(shown - image).mean())
         grey.append(np.abs(0.5 - image).mean())
-    # Measured: mean absolute error 0.15 in [0, 1] over the four images (a mid-grey image: 0.29).
+    # Measured: mean absolute error 0.165 in [0, 1] over the four images (a mid-grey image: 0.26).
     assert np.mean(errors) < 0.2 and np.mean(errors) < 0.7 * np.mean(grey)
 
 

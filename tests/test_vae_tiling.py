@@ -66,7 +66,7 @@ def test_tiled_encode_is_diffusers_tiled_encode(pipe, torch_vae):
         ref = torch_vae.encode(torch.from_numpy(x)).latent_dist
     ref_params = torch.cat([ref.mean, ref.logvar], dim=1).numpy()
     assert ours.shape == ref_params.shape == (1, 8, H // 4, W // 4)
-    np.testing.assert_allclose(ours[:, :4], ref_params[:, :4], atol=2e-3)
+    np.testing.assert_allclose(ours[:, :4], ref_params[:, :4], atol=1e-4)  # measured: 1.1e-6
     whole = _encoder_run(pipe)(x)
     assert np.abs(ours[:, :4] - whole[:, :4]).max() > 1e-2
 
