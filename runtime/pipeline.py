@@ -35,6 +35,7 @@ encodes and decodes in tiles above ``sdlite.rules.VAE_WHOLE_MAX_PIXELS`` or when
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -318,11 +319,14 @@ class Pipeline:
             h, w = g.static_size
             cells = (h // g.vae_factor, w // g.vae_factor) if h and w else (pv.FIT_CELLS, pv.FIT_CELLS)
             source = f"{onnx.parent.name}/{onnx.name}: {onnx.stat().st_size} bytes"
-            dec = pv.Decoder(
-                self.vae.decode, g.latent_channels, g.vae_factor, cells, g.decoder_batch or 1, source
-            )
+            batch = math.lcm(g.decoder_batch or 1, g.encoder_batch or 1)
+            encode = None if self.vae.encoder is None else self._fit_encode
+            dec = pv.Decoder(self.vae.decode, g.latent_channels, g.vae_factor, cells, batch, source, encode)
             self._preview_map = pv.for_folder(self.folder.path, dec)
         return self._preview_map
+
+    def _fit_encode(self, pixels: np.ndarray) -> np.ndarray:
+        return self.vae.encode(pixels, [np.random.default_rng(i) for i in range(len(pixels))])
 
     def _timestep_feeds(self, req: Request) -> list[np.ndarray]:
         # Made before the loop: after each U-Net call the caches are cold and every numpy call

@@ -2,10 +2,14 @@
 
 The image comes from a linear map, latent channels + bias -> RGB per latent cell (the approach
 of AUTOMATIC1111's "Approx cheap"), fitted by least squares against the model's own VAE
-decoder: smooth random latents are decoded at a small size and each decoded image is averaged
-over the cells' ``factor x factor`` pixel blocks.  The map is cached as ``preview.json`` beside
-the model when the folder is writable (written under a temporary name, then renamed), else kept
-in memory; a cached file of the wrong shape or with non-finite numbers is refitted, never used.
+decoder: a few latents are decoded at a small size and each decoded image is averaged over the
+cells' ``factor x factor`` pixel blocks.  The latents are the VAE encoder's encodings of images
+of flat colour blocks when the folder has an encoder (latents like images' own: on the demo
+model the preview's error drops from 0.14-0.17 to 0.11-0.12), else smooth random latents.
+
+The map is cached as ``preview.json`` beside the model when the folder is writable (written
+under a temporary name, then renamed), else kept in memory.  A cached file that is not a finite
+[C, 3] + [3] map, or was fitted for another decoder file, is refitted, never used.
 
 The preview shows the sampler's data prediction x0, computed from the U-Net's output and the
 sampler's public ``sigmas`` (``x0 = x_ve - sigma * eps`` for epsilon models, diffusers' formula
@@ -75,13 +79,29 @@ class Decoder:
     cells: tuple[int, int] = (FIT_CELLS, FIT_CELLS)  # latent size decoded (a fixed-size export: its own)
     batch: int = 1  # latents decoded per call come in multiples of it (a fixed-batch export's batch)
     source: str = ""  # identifies the decoder file: a map cached for another one is refitted
+    encode: Callable[[np.ndarray], np.ndarray] | None = None  # pixels in [-1, 1] -> scaled latents
+
+
+def _block_images(n: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """[n, 3, h, w] in [-1, 1]: a flat colour with one to three rectangles of other colours."""
+    out = np.empty((n, 3, h, w), np.float32)
+    for image in out:
+        image[:] = rng.uniform(-1, 1, (3, 1, 1))
+        for _ in range(rng.integers(1, 4)):
+            rh, rw = rng.integers(h // 8, h // 2 + 1), rng.integers(w // 8, w // 2 + 1)
+            y, x = rng.integers(0, h - rh + 1), rng.integers(0, w - rw + 1)
+            image[:, y : y + rh, x : x + rw] = rng.uniform(-1, 1, (3, 1, 1))
+    return out
 
 
 def _fit_latents(dec: Decoder, rng: np.random.Generator) -> np.ndarray:
-    """Smooth random latents (blocks of 2 to 8 cells plus a little fine noise), like images' latents."""
+    """Encoded block images, or smooth random latents (blocks of 2 to 8 cells plus fine noise)."""
     h, w = dec.cells
+    n = -(-FIT_SAMPLES // dec.batch) * dec.batch
+    if dec.encode is not None:
+        return np.asarray(dec.encode(_block_images(n, h * dec.factor, w * dec.factor, rng)), np.float32)
     out = []
-    for k in range(-(-FIT_SAMPLES // dec.batch) * dec.batch):
+    for k in range(n):
         block, amplitude = (2, 4, 8)[k % 3], FIT_AMPLITUDES[(k // 3) % len(FIT_AMPLITUDES)]
         coarse = amplitude * rng.standard_normal((dec.channels, -(-h // block), -(-w // block)))
         smooth = coarse.repeat(block, axis=1).repeat(block, axis=2)[:, :h, :w]

@@ -71,7 +71,12 @@ def test_preview_shows_the_denoised_estimate(demo):
     assert np.abs(last - final).mean() < 0.01 < np.abs(first - final).mean()
 
 
-def test_fitted_map_previews_the_demo_model_within_its_error(demo):
+# Measured mean absolute error in [0, 1] over the four images (a mid-grey image: 0.26): 0.120
+# fitted on encoded colour blocks, 0.165 on smooth random latents (a folder without an encoder).
+@pytest.mark.parametrize(("encoder", "bound"), [(True, 0.15), (False, 0.2)])
+def test_fitted_map_previews_the_demo_model_within_its_error(demo, encoder, bound):
+    if not encoder:
+        shutil.rmtree(demo / "vae_encoder")
     pipe = Pipeline.from_pretrained(demo, provider="cpu", num_threads=1)
     out = pipe(DEMO_PROMPTS, seed=7, output_type="np")
     h, w = out.images.shape[1:3]
@@ -80,8 +85,7 @@ def test_fitted_map_previews_the_demo_model_within_its_error(demo):
         shown = np.asarray(pipe.preview_map.image(latents[None], w, h), np.float32) / 255
         errors.append(np.abs(shown - image).mean())
         grey.append(np.abs(0.5 - image).mean())
-    # Measured: mean absolute error 0.165 in [0, 1] over the four images (a mid-grey image: 0.26).
-    assert np.mean(errors) < 0.2 and np.mean(errors) < 0.7 * np.mean(grey)
+    assert np.mean(errors) < bound and np.mean(errors) < 0.75 * np.mean(grey)
 
 
 def test_the_map_is_cached_beside_the_model(demo, monkeypatch):
