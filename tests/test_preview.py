@@ -98,29 +98,36 @@ def test_the_map_is_cached_beside_the_model(demo, monkeypatch):
     np.testing.assert_array_equal(cached.bias, fitted.bias)
 
 
-@pytest.mark.parametrize(
-    "corrupt",
-    [
-        lambda good: "not json",
-        lambda good: json.dumps([1, 2, 3]),
-        lambda good: json.dumps({**good, "weights": good["weights"][:3]}),  # 3 channels, not 4
-        lambda good: json.dumps({**good, "weights": [[float("nan"), 0, 0]] * 4}),
-        lambda good: json.dumps({**good, "bias": [0, 0]}),
-        lambda good: json.dumps({**good, "format": 99}),
-        lambda good: json.dumps({**good, "source": "vae_decoder/model.onnx: 1 bytes"}),  # another decoder
-        lambda good: json.dumps({k: v for k, v in good.items() if k != "source"}),
-    ],
-)
-def test_a_corrupt_or_stale_cache_is_refitted(demo, corrupt):
-    path = demo / preview.PREVIEW_FILE
-    assert Pipeline.from_pretrained(demo, provider="cpu").preview_map is not None  # fits, writes the file
+@pytest.fixture(scope="module")
+def demo_decoder():
+    pipe = Pipeline.from_pretrained(demo_path(), provider="cpu", num_threads=1)
+    return preview.Decoder(pipe.vae.decode, 4, pipe.vae_scale_factor, source="the demo decoder")
+
+
+CORRUPT = {
+    "not json": lambda good: "not json",
+    "a list": lambda good: json.dumps([1, 2, 3]),
+    "3 channels": lambda good: json.dumps({**good, "weights": good["weights"][:3]}),
+    "nan": lambda good: json.dumps({**good, "weights": [[float("nan"), 0, 0]] * 4}),
+    "short bias": lambda good: json.dumps({**good, "bias": [0, 0]}),
+    "format": lambda good: json.dumps({**good, "format": 99}),
+    "another decoder": lambda good: json.dumps({**good, "source": "vae_decoder/model.onnx: 1 bytes"}),
+    "no source": lambda good: json.dumps({k: v for k, v in good.items() if k != "source"}),
+}
+
+
+@pytest.mark.parametrize("corrupt", CORRUPT.values(), ids=CORRUPT)
+def test_a_corrupt_or_stale_cache_is_refitted(tmp_path, demo_decoder, corrupt):
+    path = tmp_path / preview.PREVIEW_FILE
+    fitted = preview.for_folder(tmp_path, demo_decoder)  # fits and writes the good file
     good = json.loads(path.read_text())
-    marked = {**good, "bias": [0.25, 0.25, 0.25]}  # a valid map that a refit would not give
-    path.write_text(json.dumps(marked))
-    assert np.allclose(Pipeline.from_pretrained(demo, provider="cpu").preview_map.bias, 0.25)
+    assert good["source"] == "the demo decoder"
+    np.testing.assert_allclose(good["bias"], fitted.bias, rtol=1e-6)
+    path.write_text(json.dumps({**good, "bias": [0.25, 0.25, 0.25]}))  # valid: used as it is
+    assert np.allclose(preview.for_folder(tmp_path, demo_decoder).bias, 0.25)
     path.write_text(corrupt(good))
-    refitted = Pipeline.from_pretrained(demo, provider="cpu").preview_map
-    np.testing.assert_allclose(refitted.bias, good["bias"], rtol=1e-6)
+    refitted = preview.for_folder(tmp_path, demo_decoder)
+    np.testing.assert_array_equal(refitted.bias, fitted.bias)
     assert json.loads(path.read_text()) == good  # rewritten with the fitted map
 
 
