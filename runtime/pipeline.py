@@ -227,7 +227,7 @@ class Pipeline:
         ``preview_every``-th step and the last (``sdlite.preview``; output size, images side by
         side for a batch).  ``vae_tiling``: None decodes (and encodes) in tiles above
         ``sdlite.rules.VAE_WHOLE_MAX_PIXELS``, True / False force it; ``vae_tile_size`` (pixels,
-        default ``self.vae_tile_size``) as diffusers' tile (``sdlite.vae_tiling``).
+        default ``self.vae_tile_size``) as diffusers' tile (``sdlite.vae``).
         Not thread-safe: one call at a time per Pipeline.
         """
         # First line: locals() holds the arguments alone, so the signature stays their one list.

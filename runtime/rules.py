@@ -34,8 +34,9 @@ STRENGTH_RANGE = (0.0, 1.0)  # open below: strength 0 would run no step
 # published SD models (tiny test models: 4 x 2).  A model folder may say otherwise.
 VAE_FACTOR = 8
 SIZE_MULTIPLE = 8
-# One image's area: beyond it the VAE decode and the U-Net's attention need more memory than a
-# large GPU has.  Per family, as 4 x the area of the largest size the family is trained at.
+# One image's area: beyond it the U-Net's attention needs more memory than a large GPU has (the
+# VAE goes to tiles above VAE_WHOLE_MAX_PIXELS, so it does not bind).  Per family, as 4 x the
+# area of the largest size the family is trained at.
 MAX_PIXELS_BY_FAMILY = {"sd": 4 * 1024 * 1024, "sdxl": 4 * 2048 * 2048}
 MAX_PIXELS = max(MAX_PIXELS_BY_FAMILY.values())  # the largest any family allows
 # All images of one call together (the U-Net runs them as one batch): 64 images of 1024x1024.
