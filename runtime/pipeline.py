@@ -28,11 +28,14 @@ decoded, and the output has ``cancelled=True``, ``images=[]`` and the latents re
 A call is a story of named steps: ``resolve`` (``sdlite.request``: every argument checked
 against ``sdlite.rules`` and the loaded graphs, ``sdlite.graph``, before any model runs), then
 the initial latents (``sdlite.latents``), the conditioning, the denoising loop, the decode and
-the report (seeds, timings, A1111 parameters).  A new feature joins the step it belongs to.
+the report (seeds, timings, A1111 parameters).  A new feature joins the step it belongs to:
+live previews (``sdlite.preview``) run in the denoising loop, and the VAE (``sdlite.vae``)
+encodes and decodes in tiles above ``sdlite.rules.VAE_WHOLE_MAX_PIXELS`` or when asked.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,14 +47,16 @@ import numpy as np
 from . import images as imgs
 from . import latents as lat
 from . import presets as model_presets
+from . import preview as pv
 from . import rules
 from .conditioning import PromptEncoder
 from .folder import ModelFolder, load_folder
-from .graph import LATENT_PARAMETERS, Graph, read_graph
+from .graph import Graph, read_graph
 from .inpaint import Inpainting
 from .lcm import TIMESTEP_COND, guidance_embedding
 from .request import Arguments, Request, parameters, resolve
 from .sessions import ProviderArg, Session, resolve_providers, session_options
+from .vae import VAE
 
 MAX_PIXELS = rules.MAX_PIXELS  # the largest image any family allows; a pipeline's own: pipe.max_pixels
 MAX_SEED = rules.MAX_SEED
@@ -88,11 +93,23 @@ class Pipeline:
         self.vae_decoder = self._session(folder.onnx["vae_decoder"])
         enc = folder.onnx.get("vae_encoder")
         self.vae_encoder = self._session(enc) if enc is not None else None
-        self._fp32_decoder: Session | None = None
         self.scheduler_config = folder.scheduler_config
         self.graph: Graph = read_graph(folder, self.unet, self.vae_decoder, self.vae_encoder)
+        self.vae = VAE(
+            self.vae_decoder,
+            self.vae_encoder,
+            self.graph,
+            folder.scaling_factor,
+            folder.fp32_decoder,
+            self._session,
+        )
         # One image's largest area (sdlite.rules, per family); assign another to override.
         self.max_pixels = rules.max_pixels(self.graph.family)
+        # The VAE's tile side in pixels when it works in tiles (diffusers': the VAE config's
+        # sample_size); checked by sdlite.rules at each call.  Assign another to override.
+        vae_config = folder.configs.get("vae_decoder") or {}
+        self.vae_tile_size = rules.default_vae_tile_size(vae_config.get("sample_size"), self.graph.vae_factor)
+        self._preview_map: pv.PreviewMap | None = None
         # Sampling defaults for this model family (sdlite.presets); assign another to override.
         self.preset = model_presets.detect(
             folder.path, self.unet.inputs, folder.scheduler_config, folder.model_index
@@ -185,6 +202,10 @@ class Pipeline:
         target_size: tuple[int, int] | None = None,
         aesthetic_score: float | None = None,
         negative_aesthetic_score: float | None = None,
+        preview: Callable[[int, int, Any], Any] | None = None,
+        preview_every: int = 1,
+        vae_tiling: bool | None = None,
+        vae_tile_size: int | None = None,
     ) -> PipelineOutput:
         """Generate ``len(prompts) * num_images_per_prompt`` images (prompt-major order).
 
@@ -199,6 +220,11 @@ class Pipeline:
         inpainting, as in diffusers.  SDXL only (``sdlite.conditioning``): ``prompt_2``,
         ``negative_prompt_2``, ``original_size``, ``crops_coords_top_left``, ``target_size``
         and, for refiners, ``aesthetic_score`` / ``negative_aesthetic_score``, as in diffusers.
+        ``preview(step, total, image)`` gets a cheap PIL image of the denoised estimate at every
+        ``preview_every``-th step and the last (``sdlite.preview``; output size, images side by
+        side for a batch).  ``vae_tiling``: None decodes (and encodes) in tiles above
+        ``sdlite.rules.VAE_WHOLE_MAX_PIXELS``, True / False force it; ``vae_tile_size`` (pixels,
+        default ``self.vae_tile_size``) as diffusers' tile (``sdlite.vae``).
         Not thread-safe: one call at a time per Pipeline.
         """
         # First line: locals() holds the arguments alone, so the signature stays their one list.
@@ -221,15 +247,19 @@ class Pipeline:
             self.scheduler_config,
             self.max_pixels,
             can_encode=self.vae_encoder is not None,
+            vae_tile_size=self.vae_tile_size,
         )
 
     # --- the steps of a call --------------------------------------------------------------------
 
     def _initial_latents(self, req: Request) -> tuple[np.ndarray, Inpainting | None]:
+        def encode(pixels: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
+            return self._encode(pixels, rngs, req.vae_tile)
+
         if req.masks is not None:
-            return lat.inpainting(req, self._encode, self.graph.inpainting)
+            return lat.inpainting(req, encode, self.graph.inpainting)
         if req.init_images is not None:
-            return lat.image_to_image(req, self._encode), None
+            return lat.image_to_image(req, encode), None
         return lat.text_to_image(req), None
 
     def _condition(self, req: Request) -> None:
@@ -264,6 +294,8 @@ class Pipeline:
         t_feeds = self._timestep_feeds(req)
         for i, t in enumerate(timesteps):
             pred = self._predict(req, scheduler.scale_model_input(x, t), t_feeds[i], inpainting)
+            if req.preview is not None and ((i + 1) % req.preview_every == 0 or i + 1 == total):
+                self._preview(req, i + 1, total, pv.denoised(scheduler, x, pred))
             noise = lat.draw_noise(req.rngs, req.latent_shape) if stochastic else None
             x = scheduler.step(pred, t, x, noise=noise)
             if inpainting is not None:
@@ -271,6 +303,27 @@ class Pipeline:
             if req.callback is not None and req.callback(i + 1, total, x) is False:
                 return x, True
         return x, False
+
+    def _preview(self, req: Request, step: int, total: int, x0: np.ndarray) -> None:
+        assert req.preview is not None
+        req.preview(step, total, self.preview_map.image(x0, req.width, req.height))
+
+    @property
+    def preview_map(self) -> pv.PreviewMap:
+        """The latent -> RGB map of previews: cached beside the model, else fitted on first use."""
+        if self._preview_map is None:
+            g, onnx = self.graph, self.folder.onnx["vae_decoder"]
+            h, w = g.static_size
+            cells = (h // g.vae_factor, w // g.vae_factor) if h and w else (pv.FIT_CELLS, pv.FIT_CELLS)
+            source = f"{onnx.parent.name}/{onnx.name}: {onnx.stat().st_size} bytes"
+            batch = math.lcm(g.decoder_batch or 1, g.encoder_batch or 1)
+            encode = None if self.vae.encoder is None else self._fit_encode
+            dec = pv.Decoder(self.vae.decode, g.latent_channels, g.vae_factor, cells, batch, source, encode)
+            self._preview_map = pv.for_folder(self.folder.path, dec)
+        return self._preview_map
+
+    def _fit_encode(self, pixels: np.ndarray) -> np.ndarray:
+        return self.vae.encode(pixels, [np.random.default_rng(i) for i in range(len(pixels))])
 
     def _timestep_feeds(self, req: Request) -> list[np.ndarray]:
         # Made before the loop: after each U-Net call the caches are cold and every numpy call
@@ -300,57 +353,19 @@ class Pipeline:
     def _output(self, req: Request, x: np.ndarray) -> Any:
         if req.output_type == "latent":
             return x
-        images = imgs.to_numpy(self._decode(x))
+        images = imgs.to_numpy(self.vae.decode(x, req.vae_tile))
         return imgs.to_pil(images) if req.output_type == "pil" else images
 
-    # --- the VAE --------------------------------------------------------------------------------
-
-    def _encode(self, pixels: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
-        """[B,3,H,W] in [-1,1] -> scaled latents; a posterior sample draws one normal per image."""
-        assert self.vae_encoder is not None
-        name = next(iter(self.vae_encoder.inputs))
-        step = self.graph.encoder_batch or len(pixels)
-        output = self.graph.encoder_output
-        outs = [
-            self.vae_encoder.run({name: pixels[i : i + step]}, [output])[0]
-            for i in range(0, len(pixels), step)
-        ]
-        out = np.concatenate(outs).astype(np.float32, copy=False)
-        if output == LATENT_PARAMETERS:
-            out = lat.posterior_sample(out, rngs)
-        return out * np.float32(self.folder.scaling_factor)
-
-    def _decode(self, x: np.ndarray) -> np.ndarray:
-        """VAE-decode one image at a time (lower peak memory); redo in fp32 on NaN/inf."""
-        name = next(iter(self.vae_decoder.inputs))
-        scaled = x / np.float32(self.folder.scaling_factor)
-        step = self.graph.decoder_batch or 1
-        out = []
-        for i in range(0, len(scaled), step):
-            (dec,) = self.vae_decoder.run({name: scaled[i : i + step]})
-            if not np.isfinite(dec).all():
-                dec = self._decode_fp32(scaled[i : i + step], i)
-            out.append(dec.astype(np.float32, copy=False))
-        return np.concatenate(out)
-
-    def _decode_fp32(self, scaled: np.ndarray, i: int) -> np.ndarray:
-        if self.folder.fp32_decoder is None:
-            raise FloatingPointError(
-                f"the VAE decoder produced NaN/inf for image {i} (fp16 overflow?) and the model "
-                f"folder has no fp32 decoder (vae_decoder/model_fp32.onnx) to retry with"
-            )
-        if self._fp32_decoder is None:
-            self._fp32_decoder = self._session(self.folder.fp32_decoder)
-        (dec,) = self._fp32_decoder.run({next(iter(self._fp32_decoder.inputs)): scaled})
-        if not np.isfinite(dec).all():
-            raise FloatingPointError(f"the VAE decoder produced NaN/inf for image {i}, even in fp32")
-        return dec
+    def _encode(
+        self, pixels: np.ndarray, rngs: list[np.random.Generator], tile: int | None = None
+    ) -> np.ndarray:
+        """[B,3,H,W] in [-1,1] -> scaled latents, drawing the posterior sample (``sdlite.vae``)."""
+        return self.vae.encode(pixels, rngs, tile)
 
     # --- the report -----------------------------------------------------------------------------
 
     def _all_sessions(self) -> list[Session]:
-        out = [*self.prompt_encoder.sessions, self.unet, self.vae_decoder]
-        return out + [s for s in (self.vae_encoder, self._fp32_decoder) if s is not None]
+        return [*self.prompt_encoder.sessions, self.unet, *self.vae.sessions]
 
     def _session_seconds(self) -> dict[int, float]:
         return {id(s): s.seconds for s in self._all_sessions()}

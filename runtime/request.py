@@ -50,6 +50,10 @@ class Arguments:
     target_size: Any
     aesthetic_score: Any
     negative_aesthetic_score: Any
+    preview: Any
+    preview_every: Any
+    vae_tiling: Any
+    vae_tile_size: Any
 
     def sdxl_options(self) -> SDXLOptions:
         return SDXLOptions(
@@ -90,6 +94,9 @@ class Request:
     init_images: list | None  # one image, or one per prompt (image-to-image and inpainting)
     masks: list | None  # one mask, or one per image (inpainting)
     strength: float
+    preview: Callable[[int, int, Any], Any] | None  # preview(step, total, PIL image)
+    preview_every: int
+    vae_tile: int | None  # the VAE's tile side in pixels; None: whole images
 
     @property
     def batch(self) -> int:
@@ -109,6 +116,7 @@ def resolve(
     scheduler_config: dict[str, Any],
     max_pixels: int,
     can_encode: bool,
+    vae_tile_size: int,
 ) -> Request:
     """Check every argument (RuleError / ValueError naming it) and fill in the defaults."""
     sampler, options, steps, guidance = _sampling(a, preset)
@@ -119,6 +127,7 @@ def resolve(
     output_type = rules.check_choice("output_type", a.output_type, rules.OUTPUT_TYPES)
     if a.callback is not None and not callable(a.callback):
         raise RuleError("callback", "callable(step, total, latents) or None", a.callback)
+    preview_every = rules.check_preview(a.preview, a.preview_every)
     scheduler = rules.scheduler_for(sampler, options, scheduler_config)
     init_images, masks, strength, kept = _images(a, graph, can_encode, len(prompts), steps)
     height, width = _size(a, graph, init_images, max_pixels, len(prompts) * per_prompt)
@@ -128,6 +137,7 @@ def resolve(
     # LCM-distilled U-Nets take the guidance as an embedding instead of an unconditional pass.
     cfg = guidance > 1.0 and graph.time_cond_dim is None
     _check_batches(graph, len(prompts) * per_prompt, cfg, init_images is not None)
+    vae_tile = _vae_tile(a, graph, height, width, vae_tile_size)
     return Request(
         prompts=prompts,
         negatives=negatives,
@@ -152,6 +162,9 @@ def resolve(
         init_images=init_images,
         masks=masks,
         strength=strength,
+        preview=a.preview,
+        preview_every=preview_every,
+        vae_tile=vae_tile,
     )
 
 
@@ -247,6 +260,18 @@ def _size(a: Arguments, graph: Graph, init_images: list | None, max_pixels: int,
     width = rules.check_size("width", width, m, static_w, vae_factor=graph.vae_factor)
     rules.check_pixels(width, height, n, max_pixels)
     return height, width
+
+
+def _vae_tile(a: Arguments, graph: Graph, height: int, width: int, default: int) -> int | None:
+    """The VAE's tile side when it works in tiles (sdlite.rules: above its budget, or asked)."""
+    size = default if a.vae_tile_size is None else a.vae_tile_size
+    size = rules.check_vae_tile_size(size, graph.vae_factor)
+    if graph.static_size != (None, None):  # a fixed-size export's VAE takes that size only
+        if a.vae_tiling is not None and a.vae_tiling is not False:
+            allowed = "False or None (this model was exported with a fixed size)"
+            raise RuleError("vae_tiling", allowed, a.vae_tiling)
+        return None
+    return size if rules.check_vae_tiling(a.vae_tiling, width, height) else None
 
 
 def _latents(latents: Any, shape: tuple[int, ...]) -> np.ndarray | None:

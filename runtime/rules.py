@@ -34,10 +34,9 @@ STRENGTH_RANGE = (0.0, 1.0)  # open below: strength 0 would run no step
 # published SD models (tiny test models: 4 x 2).  A model folder may say otherwise.
 VAE_FACTOR = 8
 SIZE_MULTIPLE = 8
-# One image's area: beyond it the VAE decode and the U-Net's attention need more memory than a
-# large GPU has.  Per family, as 4 x the area of the largest size the family is trained at.
-# One image's area. Beyond these, a CPU decode or the U-Net's first attention needs tens of GB
-# (an 8192-wide request reached 12.9 GB RSS before this rule existed); --max-pixels changes them.
+# One image's area: beyond it the U-Net's attention needs tens of GB (an 8192-wide request
+# reached 12.9 GB RSS before this rule existed; the VAE goes to tiles above
+# VAE_WHOLE_MAX_PIXELS, so it does not bind). --max-pixels changes them.
 MAX_PIXELS_BY_FAMILY = {"sd": 1536 * 1536, "sdxl": 2048 * 2048}
 MAX_PIXELS = max(MAX_PIXELS_BY_FAMILY.values())  # the largest any family allows
 # An init, mask or control image's area, judged by its header before any pixel is decoded: a
@@ -50,6 +49,17 @@ OUTPUT_TYPES = ("pil", "np", "latent")
 # count bytes (255 on ext4, APFS, NTFS), and 200 leaves room for ".png" and the temporary name
 # around it (".<id>.png.<8 hex>.tmp").  Characters would let 200 "é" (400 bytes) through.
 MAX_NAME_BYTES = 200
+# The VAE decodes (and encodes) an image whole up to this area: beyond it the decoder's
+# mid-block attention, quadratic in the latent cells, outgrows memory.  Larger images go through
+# the VAE in tiles (diffusers' enable_tiling), which need one tile's memory whatever the size, so
+# with tiles only the U-Net's MAX_PIXELS_BY_FAMILY binds.
+VAE_WHOLE_MAX_PIXELS = 1024 * 1024
+VAE_TILE_OVERLAP = 0.25  # diffusers' tile_overlap_factor
+# Tile sides in latent cells: a multiple of 4 so that the 25% overlap falls on whole cells (else
+# the blended tiles do not add up to the image), and at least 8 so that a tile is more than seam.
+VAE_TILE_CELL_MULTIPLE = 4
+VAE_TILE_MIN_CELLS = 8
+VAE_TILE_DEFAULT = 512  # pixels, when the VAE's config gives no sample_size (diffusers' tile size)
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 and C1 but tab, newline, CR
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f/\\\\]")  # controls and path separators
@@ -230,7 +240,7 @@ def check_pixels(width: int, height: int, n: int = 1, max_pixels: int = MAX_PIXE
         raise RuleError(
             "height x width",
             f"at most {max_pixels} pixels (e.g. {side}x{side}); a larger image is too large to "
-            "fit in memory for the U-Net and the VAE decode",
+            "fit in memory for the U-Net",
             f"{height}x{width}",
         )
     if n * width * height > MAX_BATCH_PIXELS:
@@ -290,3 +300,54 @@ def check_sampler(value: Any, options: Any = None, config: dict[str, Any] | None
     """A sampler name that ``sdlite samplers`` lists (and, given, options it takes)."""
     scheduler_for(value, options, config)
     return value
+
+
+# --- the VAE's tiles and live previews ---------------------------------------------------------
+
+
+def check_vae_tiling(value: Any, width: int, height: int) -> bool:
+    """Whether the VAE works in tiles: None decides by ``VAE_WHOLE_MAX_PIXELS``, True/False force."""
+    if value is not None and not isinstance(value, bool):
+        raise RuleError("vae_tiling", "True, False or None (automatic)", value)
+    whole_fits = width * height <= VAE_WHOLE_MAX_PIXELS
+    if value is False and not whole_fits:
+        raise RuleError(
+            "vae_tiling",
+            f"True or None for images over {VAE_WHOLE_MAX_PIXELS} pixels (a whole decode of "
+            f"{height}x{width} would not fit in memory)",
+            value,
+        )
+    return not whole_fits if value is None else value
+
+
+def check_vae_tile_size(value: Any, vae_factor: int, field: str = "vae_tile_size") -> int:
+    """A VAE tile's side in pixels: a multiple of 4 latent cells, at least ``VAE_TILE_MIN_CELLS``."""
+    step = VAE_TILE_CELL_MULTIPLE * vae_factor
+    least = max(VAE_TILE_MIN_CELLS * vae_factor, step)
+    if not is_int(value) or value < least or value % step:
+        raise RuleError(
+            field,
+            f"a multiple of {step} pixels (4 latent cells of {vae_factor} pixels, so that the "
+            f"{VAE_TILE_OVERLAP:g} overlap falls on whole cells) and at least {least}",
+            value,
+        )
+    return int(value)
+
+
+def default_vae_tile_size(sample_size: Any, vae_factor: int) -> int:
+    """diffusers' tile: the VAE config's sample_size, when it is a valid tile, else the default."""
+    if isinstance(sample_size, (list, tuple)) and sample_size:
+        sample_size = sample_size[0]
+    for size in (sample_size, VAE_TILE_DEFAULT):
+        try:
+            return check_vae_tile_size(size, vae_factor)
+        except RuleError:
+            continue
+    return VAE_TILE_MIN_CELLS * vae_factor
+
+
+def check_preview(preview: Any, every: Any) -> int:
+    """The preview callback (callable or None) and its period in steps."""
+    if preview is not None and not callable(preview):
+        raise RuleError("preview", "callable(step, total, image) or None", preview)
+    return check_int("preview_every", every, 1, MAX_STEPS)
