@@ -250,8 +250,9 @@ def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None
         except UnicodeEncodeError:
             info.add_itxt("parameters", parameters)
     # open(..., "xb") rather than mkstemp: the file gets the usual umask permissions, not 0600.
-    # The name is cut so that a target name near the 255-byte limit still leaves room for it.
-    tmp = path.parent / f".{path.name[:64]}.{secrets.token_hex(4)}.tmp"
+    # The stem is cut (48 characters: at most 192 bytes) so that a target name near the 255-byte
+    # limit leaves room for the temp name; the suffix stays, as batch_manifest's TEMP_PNG expects.
+    tmp = path.parent / f".{path.stem[:48]}{path.suffix[:16]}.{secrets.token_hex(4)}.tmp"
     try:
         with open(tmp, "xb") as f:
             image.save(f, format="PNG", pnginfo=info)

@@ -347,3 +347,20 @@ def test_serve_max_pixels_is_the_pipelines_budget(tiny_sd1_onnx, monkeypatch, ca
     argv = ["serve", "--model", str(tiny_sd1_onnx), "--port", "0", "--max-pixels", "16384"]
     assert cli.main(argv) == 130
     assert served[0].max_pixels == 16384
+
+
+def test_long_out_name_is_written_through_a_short_temp_name(tmp_path, monkeypatch):
+    # A 60-character non-ASCII name is 240 bytes: its temp name must still fit the 255-byte limit.
+    target = tmp_path / ("é" * 60 + ".png")
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen.append(Path(src).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    images.save_png(Image.new("RGB", (8, 8)), target, "a cat")
+    assert target.is_file() and [p.name for p in tmp_path.iterdir()] == [target.name]
+    assert len(seen[0].encode()) <= 255 and seen[0].startswith(".") and seen[0].endswith(".tmp")
+    assert ".png." in seen[0]  # the batch job's clean-up finds left-over temp files by this
