@@ -120,8 +120,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    """The rules that need no model, checked before it loads; the Pipeline checks the rest (sizes
-    need the model).  Named as the Pipeline names them; ``_flag_error`` adds the flag."""
+    """The rules that need no model, checked before it loads (sizes: ``_check_size``); the Pipeline
+    checks them all again.  Named as the Pipeline names them; ``_flag_error`` adds the flag."""
     for name in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "out"):
         _check_utf8(name, getattr(args, name))
     for name in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2"):
@@ -203,15 +203,15 @@ def _check_size(args: argparse.Namespace, model: Path, image: Any) -> None:
     from .folder import load_folder
 
     folder = load_folder(model)
-    factor = folder.vae_factor or rules.VAE_FACTOR
-    multiple = rules.size_multiple(factor, folder.unet_downsampling)
-    native = folder.unet_sample_size * factor if folder.unet_sample_size else None
+    factor = folder.vae_factor  # None: only the VAE's graph tells, and the Pipeline checks the sides
+    multiple = rules.size_multiple(factor, folder.unet_downsampling) if factor else None
+    native = folder.unet_sample_size * factor if factor and folder.unet_sample_size else None
     sides = []
     for key in ("width", "height"):
         value = getattr(args, key)
-        if value is not None:
+        if value is not None and multiple:
             rules.check_size(key, value, multiple, vae_factor=factor)
-        elif image is not None:  # image-to-image: the image's size, as the Pipeline takes it
+        elif value is None and image is not None and multiple:  # image-to-image: the image's size
             value = max(getattr(image, key) // multiple * multiple, multiple)
         sides.append(native if value is None else value)
     budget = args.max_pixels or rules.max_pixels("sdxl" if folder.is_sdxl else "sd")
