@@ -39,3 +39,25 @@ def nonneg_number(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
+
+
+def pixel_budget(text: str) -> int:
+    """``--max-pixels``: one image's largest area, from one 8x8 image to the per-call budget."""
+    from . import rules
+
+    value = integer(text)
+    lo, hi = rules.SIZE_MULTIPLE**2, rules.MAX_BATCH_PIXELS
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer in [{lo}, {hi}] (one image's pixels: 1048576 is 1024x1024), got {value}"
+        )
+    return value
+
+
+def pixel_budget_help(what: str) -> str:
+    """``--max-pixels``' help, with the family defaults read from the rules."""
+    from . import rules
+
+    sides = {family.upper(): math.isqrt(n) for family, n in rules.MAX_PIXELS_BY_FAMILY.items()}
+    defaults = ", ".join(f"{side}x{side} for {family}" for family, side in sides.items())
+    return f"largest image area {what}, in pixels (default: the model family's: {defaults})"

@@ -1,24 +1,32 @@
 """``sdlite`` command line: ``generate``, ``info``, ``samplers``, ``batch``, ``serve`` and ``export``.
 
 Exit status: 0 on success, 2 for bad arguments or a bad model folder (nothing is written),
-1 for a failure while generating, 130 when interrupted.
+1 for a failure while generating or writing (a full disk: "no space left on device writing
+PATH"), 130 when interrupted, 141 (128 + SIGPIPE, as a C tool's) when stdout is closed early
+(``sdlite samplers | head -1``): quietly.  No user error prints a traceback; an unexpected
+failure prints one line, and its traceback with ``SDLITE_DEBUG=1``.  ``--out``: see ``sdlite.cli_out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import rules
-from .arg_types import integer, number
+from .arg_types import integer, number, pixel_budget, pixel_budget_help
+from .cli_out import DEFAULT_OUT, check_out, out_paths, save_all
 from .errors import UsageError
 from .models_dir import model_path
 
-DEFAULT_OUT = "sdlite-{seed}.png"
+# What Python makes of argument bytes that are not UTF-8 (PEP 383's surrogate escapes).
+NOT_UTF8 = re.compile("[\udc80-\udcff]")
+DEBUG_ENV = "SDLITE_DEBUG"
+EXIT_SIGPIPE = 141
 
 
 # The Pipeline's argument names -> the flags that set them, so that an error names what was typed.
@@ -99,18 +107,23 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--provider", default=None, help="cpu, cuda, rocm, dml, coreml (default: best available)")
     g.add_argument(
+        "--max-pixels", metavar="N", type=pixel_budget, default=None, help=pixel_budget_help("allowed")
+    )
+    g.add_argument(
         "--out",
         default=DEFAULT_OUT,
         metavar="PATH",
-        help="PNG to write; may use {seed} and {i}; with -n > 1 and neither, -{i} is added "
-        "(default %(default)s)",
+        help="PNG to write; {seed} and {i} are replaced, the rest is literal; with -n > 1 and neither, "
+        "-{i} is added (out.png -> out-1.png, ...); a folder gets the default name (%(default)s)",
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    """The rules that need no model, checked before it loads; the Pipeline checks the rest (sizes
-    need the model).  Named as the Pipeline names them; ``_flag_error`` adds the flag."""
+    """The rules that need no model, checked before it loads (sizes: ``_check_size``); the Pipeline
+    checks them all again.  Named as the Pipeline names them; ``_flag_error`` adds the flag."""
+    for name in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "out"):
+        _check_utf8(name, getattr(args, name))
     for name in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2"):
         if getattr(args, name) is not None:
             rules.check_text(name, getattr(args, name))
@@ -127,6 +140,16 @@ def _check_flags(args: argparse.Namespace) -> None:
         rules.check_sampler(args.sampler)
 
 
+def _check_utf8(name: str, value: str | None) -> None:
+    # The rules would call it a lone surrogate, which is true of the str but not of what was typed.
+    if value is not None and (bad := NOT_UTF8.search(value)) is not None:
+        label = FLAGS.get(name, name if name == "prompt" else f"--{name}")
+        raise UsageError(
+            f"{label} is not valid UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02x}); "
+            "give it in UTF-8, your terminal's usual encoding"
+        )
+
+
 def _flag_error(err: rules.RuleError) -> str:
     """A broken rule worded with the flag that set the value (and the Pipeline's name for it)."""
     flag = FLAGS.get(err.field)
@@ -136,31 +159,10 @@ def _flag_error(err: rules.RuleError) -> str:
     return str(rules.RuleError(label, err.allowed, err.value))
 
 
-def _out_paths(pattern: str, seeds: Sequence[int]) -> list[Path]:
-    if len(seeds) > 1 and "{seed}" not in pattern and "{i}" not in pattern:
-        stem, ext = os.path.splitext(pattern)
-        pattern = f"{stem}-{{i}}{ext or '.png'}"
-    try:
-        return [Path(pattern.format(seed=s, i=i + 1)) for i, s in enumerate(seeds)]
-    except (KeyError, IndexError, ValueError) as err:
-        raise UsageError(f"--out {pattern!r}: only {{seed}} and {{i}} may be used ({err})") from None
-
-
-def _check_out(pattern: str) -> None:
-    # Checked before loading anything, so that a bad --out costs no generation.
-    _out_paths(pattern, [0, 1])
-    parent = Path(pattern.format(seed=0, i=1)).parent
-    if not parent.is_dir():
-        raise UsageError(f"--out: folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"--out: folder {str(parent)!r} is not writable")
-
-
 def _inputs(args: argparse.Namespace) -> tuple[Any, Any]:
-    """--out, --image, --mask and --preset checked (and the images read) before the model loads."""
+    """--image, --mask and --preset checked (and the images read) before the model loads."""
     from . import images
 
-    _check_out(args.out)
     image = images.load_image(args.image, "--image") if args.image is not None else None
     if args.mask is not None and image is None:
         raise UsageError("--mask needs --image (inpainting repaints the masked area of the image)")
@@ -195,15 +197,44 @@ def _progress(args: argparse.Namespace) -> tuple[Any, Any]:
     return (None if args.quiet else progress), close
 
 
+def _check_size(args: argparse.Namespace, model: Path, image: Any) -> None:
+    """--width, --height and the pixel budget checked from the folder's JSON files, before any
+    session loads: a --width of 100000 costs no model load.  The Pipeline checks them again."""
+    from .folder import load_folder
+
+    folder = load_folder(model)
+    factor = folder.vae_factor  # None: only the VAE's graph tells, and the Pipeline checks the sides
+    multiple = rules.size_multiple(factor, folder.unet_downsampling) if factor else None
+    native = folder.unet_sample_size * factor if factor and folder.unet_sample_size else None
+    sides = []
+    for key in ("width", "height"):
+        value = getattr(args, key)
+        if value is not None and multiple:
+            rules.check_size(key, value, multiple, vae_factor=factor)
+        elif value is None and image is not None and multiple:  # image-to-image: the image's size
+            value = max(getattr(image, key) // multiple * multiple, multiple)
+        sides.append(native if value is None else value)
+    budget = args.max_pixels or rules.max_pixels("sdxl" if folder.is_sdxl else "sd")
+    if None not in sides:
+        rules.check_pixels(*sides, args.num_images, budget)
+
+
 def _generate(args: argparse.Namespace) -> int:
     from PIL import Image  # noqa: F401  (fail early if Pillow is broken)
 
-    from . import images
     from .pipeline import Pipeline
 
     _check_flags(args)
+    # Seeds drawn here, so that every file --out names is known and checked before the model loads.
+    seeds = rules.check_seeds(args.seed, args.num_images)
+    paths = out_paths(args.out, seeds)
+    check_out(paths)
     image, mask = _inputs(args)
-    pipe = Pipeline.from_pretrained(model_path(args.model), provider=args.provider, preset=args.preset)
+    model = model_path(args.model)
+    _check_size(args, model, image)
+    pipe = Pipeline.from_pretrained(model, provider=args.provider, preset=args.preset)
+    if args.max_pixels is not None:
+        pipe.max_pixels = args.max_pixels
     progress, close = _progress(args)
     try:
         out = pipe(
@@ -216,7 +247,7 @@ def _generate(args: argparse.Namespace) -> int:
             height=args.height,
             width=args.width,
             sampler=args.sampler,
-            seed=args.seed,
+            seed=seeds,
             num_images_per_prompt=args.num_images,
             image=image,
             strength=args.strength,
@@ -225,10 +256,7 @@ def _generate(args: argparse.Namespace) -> int:
         )
     finally:
         close()
-    for path, img, params in zip(_out_paths(args.out, out.seeds), out.images, out.parameters, strict=True):
-        images.save_png(img, path, params)
-        print(path)
-    return 0
+    return save_all(paths, out.images, out.parameters)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -300,36 +328,71 @@ def _export(argv: list[str]) -> int:
     return int(export_main(argv) or 0)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "export":
-        return _export(argv[1:])
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "generate":
-            return _generate(args)
-        if args.command == "info":
-            return _info(args)
-        if args.command == "batch":
-            from . import batch
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "generate":
+        return _generate(args)
+    if args.command == "info":
+        return _info(args)
+    if args.command == "batch":
+        from . import batch
 
-            return batch.run(args)
-        if args.command == "serve":
-            from .server import cli as serve
+        return batch.run(args)
+    if args.command == "serve":
+        from .server import cli as serve
 
-            return serve.run(args)
-        return _samplers()
-    except rules.RuleError as err:
-        print(f"sdlite: error: {_flag_error(err)}", file=sys.stderr)
+        return serve.run(args)
+    return _samplers()
+
+
+def _error(err: Exception) -> int:
+    """A user's error as one line on stderr, and its exit status."""
+    if isinstance(err, rules.RuleError):
+        hint = " (--max-pixels sets this limit)" if err.field == "height x width" else ""
+        print(f"sdlite: error: {_flag_error(err)}{hint}", file=sys.stderr)
         return 2
-    except (UsageError, ValueError, FileNotFoundError) as err:
+    if isinstance(err, (UsageError, ValueError, FileNotFoundError)):
         print(f"sdlite: error: {err}", file=sys.stderr)
         return 2
+    # Anything else is a failure while running: one line and a way to see more, not a traceback.
+    print(
+        f"sdlite: error: {type(err).__name__}: {err} (set {DEBUG_ENV}=1 to see the traceback)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _main(argv: list[str]) -> int:
+    if argv and argv[0] == "export":
+        return _export(argv[1:])
+    try:
+        return _run(build_parser().parse_args(argv))
     except KeyboardInterrupt:
         print("sdlite: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # a failure during generation: one line, not a traceback
-        if os.environ.get("SDLITE_DEBUG"):
+    except BrokenPipeError:
+        raise  # stdout closed by the reader: main() ends quietly
+    except Exception as err:  # noqa: BLE001 - the one place where every error becomes a message
+        if os.environ.get(DEBUG_ENV):
             raise
-        print(f"sdlite: error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+        return _error(err)
+
+
+def _quiet_stdout() -> None:
+    # Python's docs, "Note on SIGPIPE": stdout onto /dev/null, so that the interpreter's own
+    # flush at exit finds nothing to complain about.
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (a captured stdout): nothing to flush
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``sdlite ARGV``; the exit status (see the module docstring)."""
+    try:
+        try:
+            return _main(list(sys.argv[1:] if argv is None else argv))
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here (also after --help), not as a warning at exit
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_SIGPIPE

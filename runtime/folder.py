@@ -29,8 +29,12 @@ FP32_DECODER = "model_fp32.onnx"
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"model file {str(path)!r} is not valid JSON: {err}") from err
+    except OSError as err:
+        raise ValueError(f"model file {str(path)!r} cannot be read: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"model file {str(path)!r} is not UTF-8 text") from None
+    except (json.JSONDecodeError, RecursionError) as err:  # deep nesting: RecursionError, not a traceback
+        raise ValueError(f"model file {str(path)!r} is not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"model file {str(path)!r} must hold a JSON object")
     return data

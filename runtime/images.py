@@ -7,6 +7,7 @@ import binascii
 import io
 import os
 import secrets
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -219,9 +220,27 @@ def a1111_parameters(
     return "\n".join(lines)
 
 
+def check_target(path: str | os.PathLike, argument: str = "out") -> None:
+    """Refuse a target that exists and is not a regular file (after symlinks): a rename onto
+    /dev/full or a FIFO would replace the node itself, which root may do and nobody means."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise ValueError(f"{argument}: cannot write {str(path)!r}: {err.strerror or err}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
+        raise ValueError(f"{argument}: {str(path)!r} exists and is {kind}; sdlite writes only regular files")
+
+
 def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None = None) -> Path:
-    """Write ``image`` as PNG with a ``parameters`` tEXt/iTXt chunk; temp name, then rename."""
+    """Write ``image`` as PNG with a ``parameters`` tEXt/iTXt chunk; temp name, then rename.
+
+    ValueError when ``path`` exists and is not a regular file (see ``check_target``); an
+    OSError (a full disk, say) leaves no temp file behind."""
     path = Path(path)
+    check_target(path)
     info = PngImagePlugin.PngInfo()
     if parameters is not None:
         # iTXt when needed: tEXt is Latin-1 only, prompts are often not.
@@ -231,10 +250,13 @@ def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None
         except UnicodeEncodeError:
             info.add_itxt("parameters", parameters)
     # open(..., "xb") rather than mkstemp: the file gets the usual umask permissions, not 0600.
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    # The stem is cut (48 characters: at most 192 bytes) so that a target name near the 255-byte
+    # limit leaves room for the temp name; the suffix stays, as batch_manifest's TEMP_PNG expects.
+    tmp = path.parent / f".{path.stem[:48]}{path.suffix[:16]}.{secrets.token_hex(4)}.tmp"
     try:
         with open(tmp, "xb") as f:
             image.save(f, format="PNG", pnginfo=info)
+        check_target(path)  # again: the target may have changed while the image was encoded
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -39,12 +39,31 @@ def _token_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _broken(path: Path, what: str) -> ValueError:
+    return ValueError(f"tokenizer file {str(path)!r} {what}")
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; ValueError naming the file and what is wrong with it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise _broken(path, f"cannot be read: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise _broken(path, "is not UTF-8 text") from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise _broken(path, f"is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise _broken(path, "must hold a JSON object")
+    return data
+
+
 def _read_config(directory: Path) -> dict:
     cfg = dict(_DEFAULTS)
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         path = directory / name
         if path.is_file():
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = _read_json(path)
             for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
                 tok = _token_str(data.get(key))
                 if tok is not None:
@@ -67,14 +86,39 @@ def _slow_normalizer() -> normalizers.Normalizer:
     )
 
 
+def _read_vocab(vocab_file: Path, cfg: dict) -> dict[str, int]:
+    vocab = _read_json(vocab_file)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in vocab.values()):
+        raise _broken(vocab_file, "must map each token to an integer id")
+    for name in ("bos_token", "eos_token"):
+        if cfg[name] not in vocab:
+            raise _broken(vocab_file, f"lacks the {name} {cfg[name]!r}")
+    return vocab
+
+
+def _read_merges(merges_file: Path) -> list[tuple[str, str]]:
+    try:
+        lines = merges_file.read_text(encoding="utf-8").split("\n")
+    except OSError as err:
+        raise _broken(merges_file, f"cannot be read: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise _broken(merges_file, "is not UTF-8 text") from None
+    merges = []
+    for number, line in enumerate(lines[1:], 2):  # line 1 is the "#version" header
+        if line and not line.startswith("#version"):
+            pair = tuple(line.split())
+            if len(pair) != 2:
+                raise _broken(merges_file, f"line {number}: a merge is two tokens, got {line[:60]!r}")
+            merges.append(pair)
+    return merges
+
+
 def _clip_bpe(vocab_file: Path, merges_file: Path, cfg: dict) -> Tokenizer:
-    vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
-    lines = merges_file.read_text(encoding="utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1:] if line and not line.startswith("#version")]
+    vocab = _read_vocab(vocab_file, cfg)
     tok = Tokenizer(
         BPE(
             vocab=vocab,
-            merges=merges,
+            merges=_read_merges(merges_file),
             continuing_subword_prefix="",
             end_of_word_suffix="</w>",
             fuse_unk=False,
@@ -88,9 +132,9 @@ def _clip_bpe(vocab_file: Path, merges_file: Path, cfg: dict) -> Tokenizer:
         ]
     )
     tok.decoder = decoders.ByteLevel()
-    bos, eos = cfg["bos_token"], cfg["eos_token"]
     # The pad token is an added token too: transformers splits it out of the text wherever it
     # occurs, so with SD 2.x's pad "!" a "!" in a prompt becomes id 0, never "!</w>".
+    bos, eos = cfg["bos_token"], cfg["eos_token"]
     specials = dict.fromkeys((bos, eos, cfg["pad_token"]))
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
     tok.post_processor = processors.TemplateProcessing(
@@ -98,6 +142,13 @@ def _clip_bpe(vocab_file: Path, merges_file: Path, cfg: dict) -> Tokenizer:
         special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])],
     )
     return tok
+
+
+def _from_file(path: Path) -> Tokenizer:
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # noqa: BLE001 - the Rust library raises a bare Exception for bad data
+        raise _broken(path, f"is not a valid tokenizers file: {err}") from None
 
 
 class CLIPTokenizer:
@@ -134,7 +185,7 @@ class CLIPTokenizer:
         if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
             tok, pre = _clip_bpe(d / "vocab.json", d / "merges.txt", cfg), _slow_normalizer()
         elif (d / "tokenizer.json").is_file():
-            tok, pre = Tokenizer.from_file(str(d / "tokenizer.json")), None
+            tok, pre = _from_file(d / "tokenizer.json"), None
         else:
             raise FileNotFoundError(
                 f"tokenizer folder {str(d)!r} has neither vocab.json + merges.txt nor tokenizer.json"

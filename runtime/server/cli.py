@@ -15,6 +15,8 @@ from collections.abc import Mapping
 
 from ..arg_types import integer as _int
 from ..arg_types import number as _float
+from ..arg_types import pixel_budget as _pixels
+from ..arg_types import pixel_budget_help as _pixels_help
 
 DEFAULT_MAX_BODY = 20 * 2**20  # an img2img request carries base64 images: 20 MiB fits several 2K PNGs
 DEFAULT_BODY_TIMEOUT = 30.0  # 20 MiB in 30 s is ~5.6 Mbit/s; slower links raise --body-timeout
@@ -100,6 +102,13 @@ def _add_runtime_options(s: argparse.ArgumentParser) -> None:
         help=f"larger request bodies get 413 (default {DEFAULT_MAX_BODY}, 20 MiB)",
     )
     s.add_argument("--provider", default=None, help="cpu, cuda, rocm, dml, coreml (default: best available)")
+    s.add_argument(
+        "--max-pixels",
+        metavar="N",
+        type=_pixels,
+        default=None,
+        help=_pixels_help("a request may ask for") + "; larger requests get 422",
+    )
     s.add_argument(
         "--threads",
         metavar="N",
@@ -212,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
     with sock:
         model = Path(args.model) if args.model else _default_model()
         pipe = Pipeline.from_pretrained(model, provider=args.provider, num_threads=args.threads)
+        if args.max_pixels is not None:
+            pipe.max_pixels = args.max_pixels
         loopback = _is_loopback(args.host)
         settings = Settings(
             max_batch=args.max_batch,
