@@ -195,7 +195,9 @@ def write_results(result: GroupResult, out: Path, manifest: Manifest) -> int:
         t0 = time.perf_counter()
         try:
             digest = _save(it, px, text, out)
-        except OSError as err:  # this item's file (a full disk fails the manifest's write next)
+        # This item's file only: a write error, or a target that is not a regular file (images
+        # refuses those with ValueError). A full disk fails the manifest's write next.
+        except (OSError, ValueError) as err:
             manifest.append(_item_record(it, status="error", error=f"writing {it.png} failed: {err}"))
             failed += 1
             continue
