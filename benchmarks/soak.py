@@ -1,10 +1,10 @@
 """Soak: 2,000 mixed good, hostile and cancelled requests against ``sdlite serve`` with the demo model.
 Writes benchmarks/results/soak.{json,md}.
 
-    python -m benchmarks.soak [--requests 2000] [--clients 8] [--out DIR]
+    python -m benchmarks.soak [--requests 2000] [--clients 8] [--warmup 200] [--out DIR]
 
-The command starts the server itself (``benchmarks.serve_load.Server``: a subprocess on a free
-loopback port), warms it up with one pass of every kind of request, reads its resident memory
+The command starts the server itself (``benchmarks.serve_load.Server``, on a free loopback port),
+warms it up with ``--warmup`` requests of the same mix (default 200), reads its resident memory
 (VmRSS in /proc/<pid>/status), then sends the requests from ``--clients`` clients at once, in an
 order shuffled with a fixed seed, while a thread samples the server's memory.  Good requests
 (A1111 txt2img and img2img, OpenAI images, few steps at the model's 64 px) must answer 200; bad
@@ -133,6 +133,7 @@ class RssSampler:
 
     def __init__(self, pid: int, every_s: float = 0.1) -> None:
         self.pid, self.every_s, self.peak = pid, every_s, 0
+        self.trace: list[tuple[float, int]] = []  # (seconds since the start, bytes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -144,8 +145,10 @@ class RssSampler:
         raise KeyError(field)
 
     def _loop(self) -> None:
+        t0 = time.monotonic()
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.read())
+            self.trace.append((time.monotonic() - t0, self.read()))
+            self.peak = max(self.peak, self.trace[-1][1])
             self._stop.wait(self.every_s)
 
     def __enter__(self) -> RssSampler:
@@ -157,6 +160,15 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.read())
+
+
+COUNTERS = ("images_generated", "requests_cancelled", "requests_failed", "requests_rejected")
+
+
+def counters(url: str) -> dict[str, float]:
+    """The server's own counts so far (/metrics): images made, requests cancelled, failed, refused."""
+    values = dict(line.partition(" ")[::2] for line in httpx.get(f"{url}/metrics").text.splitlines())
+    return {name: float(values.get(f"sdlite_{name}_total", "nan")) for name in COUNTERS}
 
 
 async def _post(client: httpx.AsyncClient, url: str, p: Probe, **kw: Any) -> httpx.Response:
@@ -208,7 +220,7 @@ async def drive(url: str, order: list[Probe], clients: int) -> list[dict[str, An
             while not queue.empty():
                 i, p = queue.get_nowait()
                 results[i] = await send(client, url, p, i) | {"after": before}
-                before = p.kind
+                before = f"{p.kind}, answered {results[i]['status'] or 'nothing'}"
 
     await asyncio.gather(*(client_loop() for _ in range(clients)))
     return results
@@ -229,9 +241,9 @@ def failure(r: dict[str, Any]) -> str | None:
 
 
 def _pct(values: list[float], q: int) -> float | None:
-    if not values:
-        return None
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+    if len(values) < 2:
+        return round(values[0], 3) if values else None
+    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 3)
 
 
 def summarise(results: list[dict[str, Any]], kinds: tuple[Probe, ...]) -> dict[str, Any]:
@@ -244,38 +256,27 @@ def summarise(results: list[dict[str, Any]], kinds: tuple[Probe, ...]) -> dict[s
         k["statuses"][str(r["status"] or "no answer")] += 1
         why = failure(r)
         if why is not None and sum(f["kind"] == r["kind"] for f in failures) < 20:
-            failures.append(
-                {
-                    "kind": r["kind"],
-                    "status": r["status"],
-                    "why": why,
-                    "after": r["after"],
-                    "body": r["body"][:200],
-                }
-            )
+            failures.append({k: r[k] for k in ("kind", "status", "after")} | {"why": why, "body": r["body"]})
     good = sorted(r["latency_s"] for r in results if r["cls"] == "good" and r["status"] == 200)
     failed = sum(failure(r) is not None for r in results)
     for k in per_kind.values():
         k["statuses"] = dict(sorted(k["statuses"].items()))
     return {
         "kinds": per_kind,
-        "latency_good_s": {"n": len(good), "p50": _round(_pct(good, 50)), "p99": _round(_pct(good, 99))},
+        "latency_good_s": {"n": len(good), "p50": _pct(good, 50), "p99": _pct(good, 99)},
         "failed": failed,
         "failures": failures,
     }
 
 
-def _round(x: float | None, digits: int = 3) -> float | None:
-    return None if x is None else round(x, digits)
-
-
-def run(requests: int = 2000, clients: int = 8) -> dict[str, Any]:
-    """Start a server, warm it up with one pass of every kind, then soak it; the results document."""
+def run(requests: int = 2000, clients: int = 8, warmup_requests: int = 200) -> dict[str, Any]:
+    """Start a server, warm it up with ``warmup_requests`` of the same mix, then soak it."""
     kinds = probes()
-    warmup = schedule(kinds, sum(p.weight for p in kinds) * 2, seed=SEED + 1)
+    warmup = schedule(kinds, warmup_requests, seed=SEED + 1)
     order = schedule(kinds, requests)
     with Server(*SERVER_ARGS) as server:
         asyncio.run(drive(server.url, warmup, clients))
+        before = counters(server.url)
         with RssSampler(server.proc.pid) as rss:
             start = rss.read()
             t0 = time.perf_counter()
@@ -283,6 +284,7 @@ def run(requests: int = 2000, clients: int = 8) -> dict[str, Any]:
             wall = time.perf_counter() - t0
             time.sleep(1.0)  # cancelled jobs finish leaving the batcher before the last reading
         end, hwm = rss.read(), rss.read("VmHWM")
+        after = counters(server.url)
         server.log.seek(0)
         tracebacks = server.log.read().count("Traceback")
     mib = 2**20
@@ -305,6 +307,10 @@ def run(requests: int = 2000, clients: int = 8) -> dict[str, Any]:
         "rss_goal": RSS_GOAL,
         "rss_goal_met": abs(end / start - 1) <= RSS_GOAL,
         "server_tracebacks": tracebacks,
+        "server_counts": {k: after[k] - before[k] for k in COUNTERS},
+        "rss_trace_mib": [
+            [round(t, 1), round(b / mib, 1)] for t, b in rss.trace[:: max(len(rss.trace) // 20, 1)]
+        ],
     } | summarise(results, kinds)
 
 
@@ -321,7 +327,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"**Memory goal (end within {doc['rss_goal']:.0%} of start): {met}.** Server RSS "
         f"{rss['start']:.1f} MiB after warm-up, {rss['end']:.1f} MiB at the end ({doc['rss_change']:+.1%}), "
-        f"peak {rss['peak']:.1f} MiB during the soak ({rss['peak_since_launch']:.1f} MiB since launch).",
+        f"peak {rss['peak']:.1f} MiB during the soak ({rss['peak_since_launch']:.1f} MiB since launch); "
+        f"through the soak: {', '.join(f'{mb:g}' for _, mb in doc['rss_trace_mib'])} MiB.",
         "",
         f"Good requests answered 200: latency p50 {_secs(lat['p50'])}, p99 {_secs(lat['p99'])} "
         f"(over {lat['n']}, queueing behind the rest included).",
@@ -332,10 +339,22 @@ def markdown(doc: dict[str, Any]) -> str:
     for kind, k in doc["kinds"].items():
         answers = ", ".join(f"{s} x{n}" for s, n in k["statuses"].items())
         lines.append(f"| {kind} | {k['class']} | {k['count']} | {answers} |")
-    lines += ["", _verdict(doc)]
+    c = doc["server_counts"]
+    lines += [
+        "",
+        f"The server's own counts over the soak (/metrics): {c['images_generated']:.0f} images, "
+        f"{c['requests_cancelled']:.0f} requests cancelled, {c['requests_failed']:.0f} failed in the model, "
+        f"{c['requests_rejected']:.0f} refused for a full queue.",
+        "",
+        _verdict(doc),
+    ]
     for f in doc["failures"]:
         body = f["body"].replace("|", "\\|").replace("\n", " ")
-        after = f" (the request before it on its connection: {f['after']})" if f["status"] is None else ""
+        after = (
+            f" (the connection dropped; the request before on it: {f['after']})"
+            if f["status"] is None
+            else ""
+        )
         lines.append(f"- {f['kind']}: {f['why']}{after}: `{body[:160]}`")
     return "\n".join(lines) + "\n"
 
@@ -362,12 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="requests after warm-up (default 2000)")
     parser.add_argument("--clients", type=int, default=8, help="clients at once (default 8)")
     parser.add_argument(
+        "--warmup", type=int, default=200, help="requests of the same mix first (default 200)"
+    )
+    parser.add_argument(
         "--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)"
     )
     args = parser.parse_args(argv)
-    if not 1 <= args.requests <= 100_000 or not 1 <= args.clients <= 64:
-        parser.error("--requests must be in [1, 100000] and --clients in [1, 64]")
-    doc = run(args.requests, args.clients)
+    if not 1 <= args.requests <= 100_000 or not 1 <= args.clients <= 64 or not 0 <= args.warmup <= 100_000:
+        parser.error("--requests must be in [1, 100000], --clients in [1, 64], --warmup in [0, 100000]")
+    doc = run(args.requests, args.clients, args.warmup)
     paths = write(doc, args.out)
     print(markdown(doc))
     print("wrote " + ", ".join(str(p) for p in paths.values()))

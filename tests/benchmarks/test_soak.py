@@ -21,7 +21,7 @@ KNOWN_5XX = {"surrogate sampler"}
 
 @pytest.fixture(scope="module")
 def soaked(tmp_path_factory) -> tuple[dict, dict]:
-    doc = soak.run(REQUESTS, clients=4)
+    doc = soak.run(REQUESTS, clients=4, warmup_requests=24)
     paths = soak.write(doc, tmp_path_factory.mktemp("soak"))
     return doc, paths
 
@@ -32,6 +32,7 @@ def test_report_has_its_shape_and_files(soaked):
     for key in ("machine", "requests", "clients", "rss_mib", "rss_change", "rss_goal_met", "latency_good_s"):
         assert key in doc
     assert set(doc["rss_mib"]) == {"start", "end", "peak", "peak_since_launch"}
+    assert doc["warmup_requests"] == 24 and doc["rss_trace_mib"]
     assert 0 < doc["rss_mib"]["start"] <= doc["rss_mib"]["peak"] <= doc["rss_mib"]["peak_since_launch"]
     assert doc["rss_goal_met"] == (abs(doc["rss_change"]) <= doc["rss_goal"])
     md = paths["md"].read_text()
