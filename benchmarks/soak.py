@@ -4,15 +4,14 @@ Writes benchmarks/results/soak.{json,md}.
     python -m benchmarks.soak [--requests 2000] [--clients 8] [--warmup 200] [--out DIR]
 
 The command starts the server itself (``benchmarks.serve_load.Server``, on a free loopback port),
-warms it up with ``--warmup`` requests of the same mix (default 200), reads its resident memory
-(VmRSS in /proc/<pid>/status), then sends the requests from ``--clients`` clients at once, in an
-order shuffled with a fixed seed, while a thread samples the server's memory.  Good requests
-(A1111 txt2img and img2img, OpenAI images, few steps at the model's 64 px) must answer 200; bad
-ones (lone surrogates, NaN, huge sizes, unknown samplers, an image bomb, wrong content type, an
-oversize or malformed or deeply nested body) must answer 4xx; cancelled ones (the client goes away
-mid-request, or interrupts its own task by id) may answer anything but 5xx.  Every answer that
-breaks these rules is listed as a failure, with its body's start.  The goal judged: the server's
-memory at the end within 10% of where it stood after warm-up.
+warms it up with ``--warmup`` requests of the same mix, reads its resident memory (VmRSS in
+/proc/<pid>/status), then sends the requests from ``--clients`` clients at once in an order shuffled
+with a fixed seed, while a thread samples the server's memory.  Good requests (A1111 txt2img and
+img2img, OpenAI images, few steps at 64 px) must answer 200; bad ones (lone surrogates, NaN, huge
+sizes, unknown samplers, an image bomb, wrong content type, oversize, malformed or nested bodies)
+4xx; cancelled ones (the client goes away mid-request, or interrupts its task by id) anything but
+5xx.  Answers breaking these rules are listed, with a body.  The goal judged: the server's memory
+at the end within 10% of where it stood after warm-up.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ from benchmarks.common import atomic_write, write_json
 from benchmarks.serve_load import REPO, RESULTS, Server
 
 MAX_BODY = 2**20  # the server's --max-body-bytes here: an oversize body costs a megabyte, not 20
-SERVER_ARGS = ("--max-body-bytes", str(MAX_BODY), "--queue", "256")
+SERVER_ARGS = ("--max-body-bytes", str(MAX_BODY))
 STEPS = 4
 SLOW_STEPS = 200  # a request long enough to be cancelled while it runs
 DISCONNECT_AFTER_S = 0.3
@@ -216,11 +215,11 @@ async def drive(url: str, order: list[Probe], clients: int) -> list[dict[str, An
 
     async def client_loop() -> None:
         async with httpx.AsyncClient(timeout=300) as client:
-            before = None
+            after_5xx = None  # the kind of the last request on this connection when it got a 5xx
             while not queue.empty():
                 i, p = queue.get_nowait()
-                results[i] = await send(client, url, p, i) | {"after": before}
-                before = f"{p.kind}, answered {results[i]['status'] or 'nothing'}"
+                results[i] = await send(client, url, p, i) | {"after_5xx": after_5xx}
+                after_5xx = p.kind if (results[i]["status"] or 0) >= 500 else None
 
     await asyncio.gather(*(client_loop() for _ in range(clients)))
     return results
@@ -247,18 +246,22 @@ def _pct(values: list[float], q: int) -> float | None:
 
 
 def summarise(results: list[dict[str, Any]], kinds: tuple[Probe, ...]) -> dict[str, Any]:
-    """Counts of statuses per kind, the good requests' latency and the failures (first 20 per kind)."""
+    """Counts of statuses per kind, the good requests' latency and the failures, grouped by kind,
+    reason and (for a dropped connection) the 5xx before it, with one body each."""
     per_kind = {p.kind: {"class": p.cls, "count": 0, "statuses": Counter()} for p in kinds}
-    failures: list[dict[str, Any]] = []
+    groups: dict[tuple, dict[str, Any]] = {}
     for r in results:
         k = per_kind[r["kind"]]
         k["count"] += 1
         k["statuses"][str(r["status"] or "no answer")] += 1
         why = failure(r)
-        if why is not None and sum(f["kind"] == r["kind"] for f in failures) < 20:
-            failures.append({k: r[k] for k in ("kind", "status", "after")} | {"why": why, "body": r["body"]})
+        if why is not None:
+            key = (r["kind"], why, r["after_5xx"])
+            first = {k: r[k] for k in ("kind", "status", "after_5xx", "body")} | {"why": why, "count": 0}
+            groups.setdefault(key, first)["count"] += 1
     good = sorted(r["latency_s"] for r in results if r["cls"] == "good" and r["status"] == 200)
-    failed = sum(failure(r) is not None for r in results)
+    failures = sorted(groups.values(), key=lambda g: -g["count"])
+    failed = sum(g["count"] for g in failures)
     for k in per_kind.values():
         k["statuses"] = dict(sorted(k["statuses"].items()))
     return {
@@ -349,13 +352,11 @@ def markdown(doc: dict[str, Any]) -> str:
         _verdict(doc),
     ]
     for f in doc["failures"]:
-        body = f["body"].replace("|", "\\|").replace("\n", " ")
-        after = (
-            f" (the connection dropped; the request before on it: {f['after']})"
-            if f["status"] is None
-            else ""
-        )
-        lines.append(f"- {f['kind']}: {f['why']}{after}: `{body[:160]}`")
+        body = f["body"].replace("|", "\\|").replace("\n", " ")[:160]
+        dropped = " (its connection dropped" if f["status"] is None else ""
+        if dropped and f["after_5xx"]:
+            dropped += f" after a 5xx answer to a {f['after_5xx']!r} request on it"
+        lines.append(f"- {f['count']} x {f['kind']}: {f['why']}{dropped + ')' if dropped else ''}: `{body}`")
     return "\n".join(lines) + "\n"
 
 
