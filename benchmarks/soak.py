@@ -92,12 +92,12 @@ def _txt(**extra: Any) -> dict[str, Any]:
 def probes() -> tuple[Probe, ...]:
     """Every kind, with its weight in a cycle of 24 requests: 9 good, 13 bad, 2 cancelled."""
     t2i, i2i, oai = "/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/v1/images/generations"
-    init = _png_b64()
     nested = ("[" * 100_000 + "]" * 100_000).encode()
     good_oai = {"prompt": "a blue square", "steps": STEPS, "seed": 3}
+    long_negative = _json(good_oai | {"negative_prompt": "y" * 2**19})
     return (
         Probe("txt2img", "good", 4, t2i, _json(_txt())),
-        Probe("img2img", "good", 3, i2i, _json(_txt(init_images=[init], denoising_strength=0.6))),
+        Probe("img2img", "good", 3, i2i, _json(_txt(init_images=[_png_b64()], denoising_strength=0.6))),
         Probe("openai", "good", 2, oai, _json(good_oai)),
         Probe("surrogate prompt", "bad", 1, t2i, _json(_txt(prompt="a \ud800 circle"))),
         Probe("surrogate sampler", "bad", 1, t2i, _json(_txt(sampler_name="Euler\udfff"))),
@@ -110,9 +110,7 @@ def probes() -> tuple[Probe, ...]:
         Probe("oversize body", "bad", 1, t2i, _json(_txt(negative_prompt="x" * (MAX_BODY + 1)))),
         Probe("malformed JSON", "bad", 1, t2i, b'{"prompt": "a red circle", "steps": '),
         Probe("nested JSON", "bad", 1, t2i, nested),
-        Probe(
-            "1 MB OpenAI negative_prompt", "bad", 1, oai, _json(good_oai | {"negative_prompt": "y" * 2**19})
-        ),
+        Probe("512 KiB OpenAI negative_prompt", "bad", 1, oai, long_negative),
         Probe("batch_size 1000", "bad", 1, t2i, _json(_txt(batch_size=1000))),
         Probe("disconnect", "cancel", 1, t2i, _json(_txt(steps=SLOW_STEPS))),
         Probe("interrupt", "cancel", 1, t2i, _json(_txt(steps=SLOW_STEPS))),
@@ -218,8 +216,9 @@ async def drive(url: str, order: list[Probe], clients: int) -> list[dict[str, An
             after_5xx = None  # the kind of the last request on this connection when it got a 5xx
             while not queue.empty():
                 i, p = queue.get_nowait()
-                results[i] = await send(client, url, p, i) | {"after_5xx": after_5xx}
-                after_5xx = p.kind if (results[i]["status"] or 0) >= 500 else None
+                r = await send(client, url, p, i)
+                results[i] = r | {"after_5xx": after_5xx if r["status"] is None else None}
+                after_5xx = p.kind if (r["status"] or 0) >= 500 else None
 
     await asyncio.gather(*(client_loop() for _ in range(clients)))
     return results
