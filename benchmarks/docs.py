@@ -81,6 +81,22 @@ SECTIONS = (
         "serve_load.png",
     ),
     Section(
+        "Soak: hostile and odd requests",
+        "soak.md",
+        "2,000 mixed requests against `sdlite serve` with the demo model: good ones (A1111 txt2img and "
+        "img2img, OpenAI images), hostile ones (lone surrogates, NaN, huge sizes, unknown samplers, an image "
+        "bomb, wrong content type, oversize, malformed or deeply nested bodies) and cancelled ones (the "
+        "client goes away; an interrupt by id), from 8 clients at once after a warm-up "
+        "(`python -m benchmarks.soak`, which starts and stops its own server). Good must answer 200, "
+        "hostile 4xx, nothing 5xx; the server's memory at the end must be within 10% of the start.",
+        note='What a "no answer" means: the client\'s connection was closed under it, for one of two '
+        "causes seen on the wire. After an unhandled exception uvicorn answers 500 without "
+        "`Connection: close` and then closes the connection, so the next request a client sends on it "
+        "fails. A body over `--max-body-bytes` is refused with 413 from its Content-Length, before the "
+        "body is read, and the connection closed with the body unread; under load the kernel's reset "
+        "can reach the client before it reads the 413.",
+    ),
+    Section(
         "Few-step generation",
         "fewstep.md",
         "SD-Turbo-style generation (euler_a, trailing spacing, guidance 0) on the tiny model, against "
