@@ -50,6 +50,7 @@ from .folder import ModelFolder, load_folder
 from .graph import LATENT_PARAMETERS, Graph, read_graph
 from .inpaint import Inpainting
 from .lcm import TIMESTEP_COND, guidance_embedding
+from .lora import Loras
 from .request import Arguments, Request, parameters, resolve
 from .sessions import ProviderArg, Session, resolve_providers, session_options
 
@@ -97,6 +98,7 @@ class Pipeline:
         self.preset = model_presets.detect(
             folder.path, self.unet.inputs, folder.scheduler_config, folder.model_index
         )
+        self._loras = Loras(folder.onnx, self._all_sessions())
 
     @classmethod
     def from_pretrained(
@@ -158,6 +160,18 @@ class Pipeline:
     def default_size(self) -> int:
         return self.graph.default_size
 
+    # --- LoRAs (sdlite.lora) ---------------------------------------------------------------------
+
+    def load_lora_weights(self, path: str | Path, adapter_name: str | None = None) -> str:
+        """Register the LoRA file at ``path`` (safetensors; diffusers/PEFT or kohya keys) for
+        ``pipe(..., loras={name: weight})``; returns its name (default: the file's stem).  The file
+        is checked in full first: a failed load changes nothing."""
+        return self._loras.load(path, adapter_name)
+
+    def unload_lora_weights(self, name: str | None = None) -> None:
+        """Forget the LoRA ``name`` (None: all of them)."""
+        self._loras.unload(name)
+
     # --- a call -------------------------------------------------------------------------------
 
     def __call__(
@@ -185,6 +199,7 @@ class Pipeline:
         target_size: tuple[int, int] | None = None,
         aesthetic_score: float | None = None,
         negative_aesthetic_score: float | None = None,
+        loras: dict[str, float] | None = None,
     ) -> PipelineOutput:
         """Generate ``len(prompts) * num_images_per_prompt`` images (prompt-major order).
 
@@ -199,12 +214,14 @@ class Pipeline:
         inpainting, as in diffusers.  SDXL only (``sdlite.conditioning``): ``prompt_2``,
         ``negative_prompt_2``, ``original_size``, ``crops_coords_top_left``, ``target_size``
         and, for refiners, ``aesthetic_score`` / ``negative_aesthetic_score``, as in diffusers.
+        ``loras``: LoRA name -> weight for this call (see ``load_lora_weights``); None or {}: none.
         Not thread-safe: one call at a time per Pipeline.
         """
         # First line: locals() holds the arguments alone, so the signature stays their one list.
         args = Arguments(**{k: v for k, v in locals().items() if k != "self"})
         t_start, before = time.perf_counter(), self._session_seconds()
         req = self._resolve(args)
+        self._loras.activate(args.loras)
         x, inpainting = self._initial_latents(req)
         x, cancelled = self._denoise(req, x, inpainting)
         images = [] if cancelled else self._output(req, x)

@@ -50,6 +50,7 @@ class Arguments:
     target_size: Any
     aesthetic_score: Any
     negative_aesthetic_score: Any
+    loras: Any = None  # name -> weight; checked and applied by sdlite.lora
 
     def sdxl_options(self) -> SDXLOptions:
         return SDXLOptions(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,8 +144,9 @@ class Session:
 
     def __init__(self, path: Path, providers: list, options: ort.SessionOptions) -> None:
         self.path = path
+        self._make = lambda model: ort.InferenceSession(model, sess_options=options, providers=providers)
         try:
-            self._sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            self._sess = self._own = self._make(str(path))
         except Exception as err:  # ORT raises its own Fail/InvalidProtobuf types
             raise ValueError(
                 f"model file {str(path)!r} could not be loaded (missing or truncated?): {err}"
@@ -162,6 +163,21 @@ class Session:
         self.device = _DEVICE.get(self.providers[0])
         self.seconds = 0.0
         self._constants: dict[str, Any] = {}
+        self._variant: tuple[Hashable, ort.InferenceSession] | None = None
+
+    def use_weights(self, key: Hashable | None, build: Callable[[], bytes]) -> None:
+        """Run the file's own weights (``key`` None) or the model ``build()`` returns for ``key``.
+
+        Same graph, other weights (sdlite.lora).  One variant is kept: asking for the same key
+        again reuses it, another key replaces it (the old one is freed before the new one loads).
+        """
+        if key is None:
+            self._sess = self._own
+            return
+        if self._variant is None or self._variant[0] != key:
+            self._sess, self._variant = self._own, None
+            self._variant = (key, self._make(build()))
+        self._sess = self._variant[1]
 
     def cast(self, name: str, value: np.ndarray) -> np.ndarray:
         # Not np.ascontiguousarray: it turns a 0-d timestep into shape (1,).
