@@ -119,7 +119,7 @@ def parse(path: Path) -> list[LayerLora]:
             continue
         parts.setdefault(split[:2], {})[split[2]] = value
     if unknown or not parts:
-        shown = ", ".join(unknown[:3]) or "no tensors"
+        shown = ", ".join(repr(k) for k in unknown[:3]) or "no tensors"
         raise ValueError(
             f"LoRA file {str(path)!r}: {len(unknown)} key(s) are not LoRA weights sdlite knows "
             f"({shown}); expected diffusers/PEFT keys (unet.<module>.lora_A.weight) or kohya keys "
