@@ -25,19 +25,18 @@ LOCON_TARGETS = UNET_TARGETS + ["conv1", "conv2"]
 TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1"]
 
 
-def make_lora(src, seed: int, unet_targets, rank: int = 4, alpha: float = 8.0):
-    """PEFT LoRA weights (module -> A, B) for the U-Net and the text encoder of ``src``."""
+def make_lora(model_cls, src, seed: int, targets: dict, rank: int = 4, alpha: float = 8.0):
+    """PEFT LoRA weights (peft key -> array) and config for each component of ``targets``."""
     from peft import LoraConfig, get_peft_model_state_dict
 
     torch.manual_seed(seed)
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(src, torch_dtype=torch.float32)
+    pipe = model_cls.from_pretrained(src, torch_dtype=torch.float32)
     out = {}
-    for comp, model, targets in (
-        ("unet", pipe.unet, unet_targets),
-        ("text_encoder", pipe.text_encoder, TE_TARGETS),
-    ):
-        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False)
-        model.add_adapter(config)
+    for comp, modules in targets.items():
+        model = getattr(pipe, comp)
+        model.add_adapter(
+            LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules, init_lora_weights=False)
+        )
         for p in model.parameters():  # large enough to move the image well past the tolerance
             if p.requires_grad:
                 p.data.normal_(0, 0.3)
@@ -46,24 +45,24 @@ def make_lora(src, seed: int, unet_targets, rank: int = 4, alpha: float = 8.0):
     return out
 
 
-def save_diffusers(lora, path):
-    from diffusers import StableDiffusionPipeline
-
-    to_t = lambda d: {k: torch.from_numpy(v) for k, v in d.items()}  # noqa: E731
-    StableDiffusionPipeline.save_lora_weights(
-        str(path.parent),
-        unet_lora_layers=to_t(lora["unet"]),
-        text_encoder_lora_layers=to_t(lora["text_encoder"]),
-        unet_lora_adapter_metadata=lora["unet_config"],
-        text_encoder_lora_adapter_metadata=lora["text_encoder_config"],
-        weight_name=path.name,
-    )
+def save_diffusers(model_cls, lora, path):
+    layers = {
+        f"{comp}_lora_layers": {k: torch.from_numpy(v) for k, v in lora[comp].items()}
+        for comp in ("unet", "text_encoder", "text_encoder_2")
+        if comp in lora
+    }
+    meta = {
+        f"{comp}_lora_adapter_metadata": lora[f"{comp}_config"]
+        for comp in ("unet", "text_encoder", "text_encoder_2")
+        if comp in lora
+    }
+    model_cls.save_lora_weights(str(path.parent), **layers, **meta, weight_name=path.name)
     return path
 
 
-def save_kohya(lora, path, alpha: float):
+def save_kohya(lora, path, alpha: float, prefixes=(("unet", "lora_unet_"), ("text_encoder", "lora_te_"))):
     out = {}
-    for comp, prefix in (("unet", "lora_unet_"), ("text_encoder", "lora_te_")):
+    for comp, prefix in prefixes:
         for key, value in lora[comp].items():
             module, half = key.rsplit(".lora_", 1)
             name = prefix + module.replace(".", "_")
@@ -77,12 +76,13 @@ def save_kohya(lora, path, alpha: float):
 def setup(tiny_sd1_diffusers, tiny_sd1_onnx, tmp_path_factory):
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("loras")
-    one = make_lora(tiny_sd1_diffusers, 1, UNET_TARGETS, rank=4, alpha=8.0)
-    two = make_lora(tiny_sd1_diffusers, 2, UNET_TARGETS, rank=2, alpha=2.0)
-    locon = make_lora(tiny_sd1_diffusers, 3, LOCON_TARGETS, rank=4, alpha=2.0)
+    sd = diffusers.StableDiffusionPipeline
+    one = make_lora(sd, tiny_sd1_diffusers, 1, {"unet": UNET_TARGETS, "text_encoder": TE_TARGETS}, 4, 8.0)
+    two = make_lora(sd, tiny_sd1_diffusers, 2, {"unet": UNET_TARGETS, "text_encoder": TE_TARGETS}, 2, 2.0)
+    locon = make_lora(sd, tiny_sd1_diffusers, 3, {"unet": LOCON_TARGETS, "text_encoder": TE_TARGETS}, 4, 2.0)
     files = {
-        "one": save_diffusers(one, d / "one.safetensors"),
-        "two": save_diffusers(two, d / "two.safetensors"),
+        "one": save_diffusers(sd, one, d / "one.safetensors"),
+        "two": save_diffusers(sd, two, d / "two.safetensors"),
         "kohya": save_kohya(one, d / "kohya.safetensors", 8.0),
         "locon": save_kohya(locon, d / "locon.safetensors", 2.0),
     }
@@ -148,9 +148,7 @@ def test_parity_with_diffusers(setup, loras):
     got = run_ours(ours, loras)
     want = run_ref(src, files, loras)
     base = run_ref(src, files, {})
-    assert np.abs(want - base).max() > 10 * TOL, (
-        "the LoRA must change the image"
-    )
+    assert np.abs(want - base).max() > 10 * TOL, "the LoRA must change the image"
     diff = np.abs(got - want).max()
     assert diff <= TOL, f"max |ours - diffusers| = {diff * 255:.2f}/255"
 
