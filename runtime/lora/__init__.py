@@ -105,8 +105,8 @@ class Loras:
             )
         if weight.offset is None:
             raise ValueError(
-                f"{where}: the model's {layer.component} keeps its weights outside model.onnx "
-                "(external data), which LoRA merging does not support yet"
+                f"{where}: the model's {layer.component} stores {weight.name!r} in a way sdlite cannot "
+                "merge into (not raw bytes); re-export the model"
             )
         return Bound(layer.component, weight, layer)
 
@@ -156,15 +156,15 @@ class Loras:
                 session.use_weights(key, lambda c=component, u=used: self._merge(c, u))
         except Exception:
             for session in self.sessions.values():
-                session.use_weights(None, bytes)
+                session.use_weights(None, lambda: (None, {}))
             raise
 
     def _touches(self, name: str, component: str) -> bool:
         return any(b.component == component for b in self.registered[name][1])
 
-    def _merge(self, component: str, used: list[tuple[str, float]]) -> bytes:
-        """A copy of ``component``'s model file with ``used`` merged into its weights."""
-        base = self.sessions[component].path.read_bytes()
+    def _merge(self, component: str, used: list[tuple[str, float]]) -> tuple[bytes | None, dict[str, bytes]]:
+        """``component``'s files with ``used`` merged in: model.onnx's new bytes (None: unchanged)
+        and the new contents of the external data files that hold changed weights."""
         deltas: dict[str, tuple[Weight, np.ndarray]] = {}
         for name, scale in used:
             for b in self.registered[name][1]:
@@ -173,7 +173,13 @@ class Loras:
                 w, acc = deltas.get(b.weight.name, (b.weight, None))
                 d = b.layer.delta().reshape(w.torch_shape) * np.float32(scale)
                 deltas[w.name] = (w, d if acc is None else acc + d)
-        model = bytearray(base)
+        folder = self.sessions[component].path.parent
+        files: dict[str | None, tuple[bytes, bytearray]] = {}
         for w, delta in deltas.values():
-            write_weight(model, w, read_weight(base, w).astype(np.float32) + delta)
-        return bytes(model)
+            if w.file not in files:
+                base = (folder / (w.file or self.sessions[component].path.name)).read_bytes()
+                files[w.file] = (base, bytearray(base))
+            base, data = files[w.file]
+            write_weight(data, w, read_weight(base, w).astype(np.float32) + delta)
+        model = files.pop(None, None)
+        return (None if model is None else bytes(model[1])), {k: bytes(v[1]) for k, v in files.items() if k}

@@ -10,7 +10,9 @@ their ``raw_data``) straight from ``model.onnx``.  A layer is found two ways:
   holds the weight transposed ([in, out]).
 
 A merged weight has the same dtype and shape as the original, so it is written over the original
-bytes of a copy of the file, and the graph is otherwise untouched (ORT optimises it as usual).
+bytes of a copy of the file that holds it (``model.onnx`` itself, or the external data file such
+as ``model.onnx_data`` that large exports use), and the graph is otherwise untouched (ORT
+optimises it as usual).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class Weight:
     name: str
     shape: tuple[int, ...]  # as stored
     dtype: type
-    offset: int | None  # of its raw_data in model.onnx; None when stored otherwise (external data)
+    file: str | None  # the external data file (relative to model.onnx); None: model.onnx itself
+    offset: int | None  # of its bytes in that file; None when stored in a way not read here
     transposed: bool  # stored [in, out]: a MatMul's right-hand side
 
     @property
@@ -76,8 +79,17 @@ def _text(buf: bytes | mmap.mmap, start: int, end: int) -> str:
     return bytes(buf[start:end]).decode("utf-8")
 
 
-def _tensor(buf: bytes | mmap.mmap, start: int, end: int) -> tuple[str, tuple[int, ...], int, int | None]:
-    name, dims, dtype, raw = "", [], 0, None
+def _external(buf: bytes | mmap.mmap, entries: list[tuple[int, int]]) -> tuple[str | None, int | None]:
+    """(location, offset) from a tensor's external_data key/value entries."""
+    kv = {}
+    for a, b in entries:
+        f = {field: _text(buf, x, y) for field, _w, x, y in _fields(buf, a, b)}
+        kv[f.get(1, "")] = f.get(2, "")
+    return kv.get("location"), int(kv.get("offset", "0"))
+
+
+def _tensor(buf: bytes | mmap.mmap, start: int, end: int) -> tuple[str, tuple[int, ...], int, tuple]:
+    name, dims, dtype, raw, external = "", [], 0, None, []
     for field, wire, a, b in _fields(buf, start, end):
         if field == 1 and wire == 0:
             dims.append(a)
@@ -92,7 +104,9 @@ def _tensor(buf: bytes | mmap.mmap, start: int, end: int) -> tuple[str, tuple[in
             name = _text(buf, a, b)
         elif field == 9:
             raw = a
-    return name, tuple(dims), dtype, raw
+        elif field == 13:
+            external.append((a, b))
+    return name, tuple(dims), dtype, (None, raw) if not external else _external(buf, external)
 
 
 def _node(buf: bytes | mmap.mmap, start: int, end: int) -> tuple[str, str, list[str], bool]:
@@ -139,7 +153,7 @@ def index_weights(path: Path) -> dict[str, Weight]:
         if op not in _WEIGHT_OPS or len(inputs) < 2 or inputs[1] not in tensors:
             continue
         init = inputs[1]
-        dims, dtype, raw = tensors[init]
+        dims, dtype, (file, offset) = tensors[init]
         if dtype not in DTYPES:
             continue
         if init.endswith(".weight"):  # torch's layout, whatever the node does with it
@@ -147,21 +161,20 @@ def index_weights(path: Path) -> dict[str, Weight]:
         else:
             module, transposed = module_of(node_name), op == "MatMul" or (op == "Gemm" and not trans_b)
         if module:
-            out[module] = Weight(init, dims, DTYPES[dtype], raw, transposed)
+            out[module] = Weight(init, dims, DTYPES[dtype], file, offset, transposed)
     return out
 
 
-def read_weight(model: bytes | bytearray, weight: Weight) -> np.ndarray:
-    """The stored weight in torch's layout ([out, in(, kh, kw)])."""
-    if weight.offset is None:
-        raise ValueError(f"weight {weight.name!r} is not stored in the model file itself")
+def read_weight(data: bytes | bytearray, weight: Weight) -> np.ndarray:
+    """The weight in torch's layout ([out, in(, kh, kw)]) from the bytes of the file holding it."""
+    assert weight.offset is not None
     count = int(np.prod(weight.shape))
-    arr = np.frombuffer(model, weight.dtype, count, weight.offset).reshape(weight.shape)
+    arr = np.frombuffer(data, weight.dtype, count, weight.offset).reshape(weight.shape)
     return arr.T if weight.transposed else arr
 
 
-def write_weight(model: bytearray, weight: Weight, value: np.ndarray) -> None:
+def write_weight(data: bytearray, weight: Weight, value: np.ndarray) -> None:
     """Write ``value`` (torch's layout) over the stored weight, in its dtype and layout."""
     stored = (value.T if weight.transposed else value).astype(weight.dtype)
     assert weight.offset is not None and stored.shape == weight.shape
-    model[weight.offset : weight.offset + stored.nbytes] = np.ascontiguousarray(stored).tobytes()
+    data[weight.offset : weight.offset + stored.nbytes] = np.ascontiguousarray(stored).tobytes()

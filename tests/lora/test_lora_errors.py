@@ -9,6 +9,7 @@ from sdlite import Pipeline
 
 RNG = np.random.default_rng(0)
 TO_Q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"  # 32 x 32 in the tiny U-Net
+CONV = "down_blocks.0.resnets.0.conv1"  # 32 x 32 x 3 x 3
 
 
 def lora_file(path, layers):
@@ -131,3 +132,46 @@ def test_an_unloaded_lora_can_no_longer_be_used_and_the_base_returns(pipe, good)
     with pytest.raises(ValueError, match="no LoRA named 'good'"):
         image(pipe, {"good": 1.0})
     assert np.array_equal(image(pipe), base)
+
+
+@pytest.mark.parametrize("threshold", [0, 10_000], ids=["all-external", "mixed"])
+def test_models_with_external_data_merge_the_same(pipe, tiny_sd1_onnx, tmp_path, threshold):
+    """Large exports keep their weights in model.onnx_data: the merge patches that file instead
+    (mixed: the 32x32 projections stay in model.onnx, the 3x3 convolutions go outside)."""
+    import shutil
+
+    onnx = pytest.importorskip("onnx")
+    from sdlite.lora.weights import index_weights
+
+    folder = tmp_path / "external"
+    shutil.copytree(tiny_sd1_onnx, folder)
+    for component in ("unet", "text_encoder"):
+        path = folder / component / "model.onnx"
+        model = onnx.load(str(path))
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, location="model.onnx_data", size_threshold=threshold
+        )
+    index = index_weights(folder / "unet" / "model.onnx")
+    assert index[CONV].file == "model.onnx_data"
+    assert index[TO_Q].file == (None if threshold else "model.onnx_data")
+    conv = tmp_path / "conv.safetensors"
+    save_file(
+        {
+            f"unet.{CONV}.lora_A.weight": RNG.standard_normal((2, 32, 3, 3)).astype(np.float32),
+            f"unet.{CONV}.lora_B.weight": RNG.standard_normal((32, 2, 1, 1)).astype(np.float32),
+        },
+        str(conv),
+    )
+    good = lora_file(tmp_path / "good.safetensors", [(f"unet.{TO_Q}", 32, 32, 2)])
+    external = Pipeline.from_pretrained(folder, provider="cpu", num_threads=1)
+    pipe.unload_lora_weights()
+    for p in (pipe, external):
+        p.load_lora_weights(good)
+        p.load_lora_weights(conv)
+    loras = {"good": 1.0, "conv": 0.5}
+    want = image(pipe, loras)
+    assert not np.array_equal(want, image(pipe))
+    np.testing.assert_allclose(image(external, loras), want, atol=1e-6)
+    # One file changed, the other read from the folder as it is.
+    np.testing.assert_allclose(image(external, {"good": 1.0}), image(pipe, {"good": 1.0}), atol=1e-6)
+    assert np.array_equal(image(external), image(pipe))
