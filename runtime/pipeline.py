@@ -172,6 +172,11 @@ class Pipeline:
         """Forget the LoRA ``name`` (None: all of them)."""
         self._loras.unload(name)
 
+    @property
+    def lora_names(self) -> list[str]:
+        """The names of the loaded LoRAs, in load order."""
+        return self._loras.names
+
     # --- a call -------------------------------------------------------------------------------
 
     def __call__(

@@ -203,7 +203,7 @@ class Session:
             self._variant = (key, self._variant_session(*build()))
         self._sess = self._variant[1]
 
-    def _variant_session(self, model: bytes | None, files: dict[str, bytes]) -> ort.InferenceSession:
+    def _variant_session(self, model: bytes | None, files: dict[str, bytearray]) -> ort.InferenceSession:
         options = self._options
         if files or model is not None:
             options = _copy_options(self._options)

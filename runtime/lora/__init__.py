@@ -39,10 +39,9 @@ class Bound:
     layer: LayerLora
 
 
-def _same_shape(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     # A 1x1 convolution and a Linear layer hold the same matrix (SD 1.x vs 2.x proj_in).
-    strip = lambda s: s[:2] + tuple(d for d in s[2:] if d != 1)  # noqa: E731
-    return strip(a) == strip(b)
+    return shape[:2] + tuple(d for d in shape[2:] if d != 1)
 
 
 class Loras:
@@ -98,7 +97,7 @@ class Loras:
                 "fused?); nothing was loaded"
             )
         shape = (layer.up.shape[0], *layer.down.shape[1:])
-        if not _same_shape(shape, weight.torch_shape):
+        if _matrix_shape(shape) != _matrix_shape(weight.torch_shape):
             raise ValueError(
                 f"{where}: layer {layer.component}.{layer.module} makes a {shape} update but the "
                 f"model's weight is {weight.torch_shape} (a LoRA for another model size?)"
@@ -162,7 +161,9 @@ class Loras:
     def _touches(self, name: str, component: str) -> bool:
         return any(b.component == component for b in self.registered[name][1])
 
-    def _merge(self, component: str, used: list[tuple[str, float]]) -> tuple[bytes | None, dict[str, bytes]]:
+    def _merge(
+        self, component: str, used: list[tuple[str, float]]
+    ) -> tuple[bytes | None, dict[str, bytearray]]:
         """``component``'s files with ``used`` merged in: model.onnx's new bytes (None: unchanged)
         and the new contents of the external data files that hold changed weights."""
         deltas: dict[str, tuple[Weight, np.ndarray]] = {}
@@ -174,12 +175,12 @@ class Loras:
                 d = b.layer.delta().reshape(w.torch_shape) * np.float32(scale)
                 deltas[w.name] = (w, d if acc is None else acc + d)
         folder = self.sessions[component].path.parent
-        files: dict[str | None, tuple[bytes, bytearray]] = {}
-        for w, delta in deltas.values():
+        files: dict[str | None, bytearray] = {}
+        for w, delta in deltas.values():  # each weight once: read before it is overwritten
             if w.file not in files:
-                base = (folder / (w.file or self.sessions[component].path.name)).read_bytes()
-                files[w.file] = (base, bytearray(base))
-            base, data = files[w.file]
-            write_weight(data, w, read_weight(base, w).astype(np.float32) + delta)
+                files[w.file] = bytearray(
+                    (folder / (w.file or self.sessions[component].path.name)).read_bytes()
+                )
+            write_weight(files[w.file], w, read_weight(files[w.file], w).astype(np.float32) + delta)
         model = files.pop(None, None)
-        return (None if model is None else bytes(model[1])), {k: bytes(v[1]) for k, v in files.items() if k}
+        return (None if model is None else bytes(model)), {k: v for k, v in files.items() if k}

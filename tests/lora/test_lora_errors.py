@@ -63,7 +63,7 @@ def test_a_lora_that_does_not_fit_is_refused_and_changes_nothing(pipe, tmp_path,
     with pytest.raises(ValueError, match=message) as err:
         pipe.load_lora_weights(bad)
     assert "bad.safetensors" in str(err.value)
-    assert pipe._loras.names == ["good"]
+    assert pipe.lora_names == ["good"]
     assert np.array_equal(image(pipe, {"good": 1.0}), before)
 
 
@@ -97,11 +97,11 @@ def test_names_default_to_the_stem_and_must_be_unique(pipe, good):
     with pytest.raises(ValueError, match="'good' is already loaded"):
         pipe.load_lora_weights(good)
     pipe.unload_lora_weights("again")
-    assert pipe._loras.names == ["good"]
+    assert pipe.lora_names == ["good"]
     with pytest.raises(ValueError, match="no LoRA named 'again'"):
         pipe.unload_lora_weights("again")
     pipe.unload_lora_weights()
-    assert pipe._loras.names == []
+    assert pipe.lora_names == []
 
 
 @pytest.mark.parametrize(

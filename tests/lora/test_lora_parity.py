@@ -143,7 +143,7 @@ def run_ref(src, files, loras):
 def test_parity_with_diffusers(setup, loras):
     ours, src, files = setup
     for name in loras:
-        if name not in ours._loras.names:
+        if name not in ours.lora_names:
             assert ours.load_lora_weights(files[name]) == name
     got = run_ours(ours, loras)
     want = run_ref(src, files, loras)
@@ -155,7 +155,7 @@ def test_parity_with_diffusers(setup, loras):
 
 def test_base_image_comes_back_bit_identical(setup):
     ours, _src, files = setup
-    if "one" not in ours._loras.names:
+    if "one" not in ours.lora_names:
         ours.load_lora_weights(files["one"])
     base = run_ours(ours, None)
     with_lora = run_ours(ours, {"one": 1.0})
