@@ -16,6 +16,7 @@ registered, so a failed load leaves the pipeline as it was.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +140,7 @@ class Loras:
         out = []
         for name, weight in loras.items():
             self._known(name)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
                 raise ValueError(f"loras[{name!r}] must be a finite number, got {weight!r}")
             if weight != 0:
                 out.append((name, float(weight)))

@@ -128,6 +128,7 @@ def test_an_unloaded_lora_can_no_longer_be_used_and_the_base_returns(pipe, good)
     pipe.load_lora_weights(good)
     assert not np.array_equal(image(pipe, {"good": 1.0}), base)
     assert np.array_equal(image(pipe, {"good": 0.0}), base)
+    assert np.array_equal(image(pipe, {"good": np.float32(1.0)}), image(pipe, {"good": 1}))
     pipe.unload_lora_weights("good")
     with pytest.raises(ValueError, match="no LoRA named 'good'"):
         image(pipe, {"good": 1.0})
