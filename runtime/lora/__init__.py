@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..sessions import Session
-from .formats import LayerLora, parse
+from .formats import LayerLora, parse, sgm_to_diffusers
 from .weights import Weight, index_weights, read_weight, write_weight
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -43,6 +43,12 @@ class Bound:
 def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     # A 1x1 convolution and a Linear layer hold the same matrix (SD 1.x vs 2.x proj_in).
     return shape[:2] + tuple(d for d in shape[2:] if d != 1)
+
+
+def _layers_per_block(weights: dict[str, Weight]) -> int:
+    # Stability's block numbers count the resnets of a down block (+1 for its downsampler).
+    found = [int(m.split(".")[3]) for m in weights if m.startswith("down_blocks.0.resnets.")]
+    return max(found, default=1) + 1
 
 
 class Loras:
@@ -91,6 +97,9 @@ class Loras:
             )
         weights = self._weights(layer.component)
         weight = weights.get(layer.module) or self._kohya_match(weights, layer.module)
+        if weight is None and layer.component == "unet":
+            sgm = sgm_to_diffusers(layer.module, _layers_per_block(weights))
+            weight = self._kohya_match(weights, sgm) if sgm else None
         if weight is None:
             raise ValueError(
                 f"{where}: layer {layer.component}.{layer.module} matches no layer of this model's "

@@ -17,6 +17,7 @@ layer must have both halves with matching ranks, and no value may be NaN or infi
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,3 +149,52 @@ def _layer(path: Path, component: str, module: str, p: dict[str, np.ndarray], me
     if not np.isfinite(scale):
         raise ValueError(f"{where}: alpha is NaN or infinite")
     return LayerLora(component, module, up, down, scale)
+
+
+_SGM_BLOCK = re.compile(r"^(input_blocks|output_blocks|middle_block)_(\d+)_(?:(\d+)_)?(.+)$")
+_SGM_TOP = {
+    "input_blocks_0_0": "conv_in",
+    "out_2": "conv_out",
+    "time_embed_0": "time_embedding_linear_1",
+    "time_embed_2": "time_embedding_linear_2",
+    "label_emb_0_0": "add_embedding_linear_1",
+    "label_emb_0_2": "add_embedding_linear_2",
+}
+_SGM_RESNET = {
+    "in_layers_2": "conv1",
+    "out_layers_3": "conv2",
+    "emb_layers_1": "time_emb_proj",
+    "skip_connection": "conv_shortcut",
+}
+
+
+def _sgm_resnet(rest: str) -> str:
+    return _SGM_RESNET.get(rest, rest)
+
+
+def sgm_to_diffusers(module: str, layers_per_block: int) -> str | None:
+    """A kohya U-Net name in Stability's block layout (SDXL's ``input_blocks_4_1_…``) as the
+    diffusers module path with underscores (``down_blocks_1_attentions_0_…``), the way diffusers'
+    ``_maybe_map_sgm_blocks_to_diffusers`` maps it; None when it is not in that layout."""
+    if module in _SGM_TOP:
+        return _SGM_TOP[module]
+    m = _SGM_BLOCK.match(module)
+    if m is None:
+        return None
+    kind, block, inner, rest = m.group(1), int(m.group(2)), m.group(3), m.group(4)
+    per = layers_per_block + 1
+    if kind == "middle_block":  # middle_block_1_proj_in: no inner index
+        rest = f"{inner}_{rest}" if inner is not None else rest
+        where = {0: "resnets_0", 1: "attentions_0", 2: "resnets_1"}.get(block)
+        return None if where is None else f"mid_block_{where}_{_sgm_resnet(rest)}"
+    if inner is None:
+        return None
+    if kind == "input_blocks":
+        b, j = (block - 1) // per, (block - 1) % per
+        if rest == "op":
+            return f"down_blocks_{b}_downsamplers_0_conv"
+        where = "resnets" if inner == "0" else "attentions"
+        return f"down_blocks_{b}_{where}_{j}_{_sgm_resnet(rest)}"
+    b, j = block // per, block % per
+    where = {"0": f"resnets_{j}", "1": f"attentions_{j}", "2": "upsamplers_0"}.get(inner)
+    return None if where is None else f"up_blocks_{b}_{where}_{_sgm_resnet(rest)}"

@@ -174,3 +174,26 @@ def test_write_weight_round_trips(tiny_sd1_onnx):
     write_weight(data, weight, value)
     assert np.array_equal(read_weight(data, weight), value)
     assert len(data) == path.stat().st_size
+
+
+@pytest.mark.parametrize(
+    "sgm,diffusers_name",
+    [
+        (
+            "input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+            "down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q",
+        ),
+        ("input_blocks_1_0_in_layers_2", "down_blocks_0_resnets_0_conv1"),
+        ("input_blocks_3_0_op", "down_blocks_0_downsamplers_0_conv"),
+        ("middle_block_1_proj_in", "mid_block_attentions_0_proj_in"),
+        ("middle_block_2_emb_layers_1", "mid_block_resnets_1_time_emb_proj"),
+        ("output_blocks_5_0_skip_connection", "up_blocks_1_resnets_2_conv_shortcut"),
+        ("output_blocks_2_2_conv", "up_blocks_0_upsamplers_0_conv"),
+        ("time_embed_0", "time_embedding_linear_1"),
+        ("down_blocks_0_resnets_0_conv1", None),
+    ],
+)
+def test_stability_block_names_map_as_diffusers_maps_them(sgm, diffusers_name):
+    from sdlite.lora.formats import sgm_to_diffusers
+
+    assert sgm_to_diffusers(sgm, 2) == diffusers_name
