@@ -1,14 +1,16 @@
 """LoRA files: safetensors read with numpy, and the two key layouts turned into one ``LayerLora`` each.
 
 * diffusers / PEFT: ``unet.<module>.lora_A.weight`` (down) and ``.lora_B.weight`` (up), also the
-  older ``.lora.down.weight`` / ``.lora.up.weight``; prefixes ``unet.``, ``text_encoder.``,
+  older ``.lora.down.weight`` / ``.lora_linear_layer.down.weight`` / ``.processor.to_q_lora.down.weight``
+  (and ``up``); prefixes ``unet.``, ``text_encoder.``,
   ``text_encoder_2.``.  The scale is ``lora_alpha / r`` from the ``lora_adapter_metadata`` that
   diffusers writes into the safetensors header (``unet.lora_alpha``), else 1, as diffusers does.
 * kohya / A1111: ``lora_unet_<module with _>.lora_down.weight``, ``.lora_up.weight`` and an
   optional ``.alpha`` (scale ``alpha / rank``); ``lora_te_`` (``lora_te1_``) is the first text
   encoder, ``lora_te2_`` SDXL's second.  Kohya names replace a module path's dots with
-  underscores, so they are matched against the graph's own module paths (``resolve``); LoCon's
-  convolution layers are the same keys with 4-d tensors.
+  underscores, so they are matched against the graph's own module paths (``sdlite.lora``); LoCon's
+  convolution layers are the same keys with 4-d tensors.  SDXL files name U-Net layers in
+  Stability's block layout (``lora_unet_input_blocks_4_1_…``): ``sgm_to_diffusers`` maps them.
 
 Everything is checked here, before a pipeline changes: every key must belong to a layer, every
 layer must have both halves with matching ranks, and no value may be NaN or infinite.
@@ -39,7 +41,12 @@ _PEFT_HALVES = {
     ".lora_B.weight": "up",
     ".lora.down.weight": "down",
     ".lora.up.weight": "up",
+    ".lora_linear_layer.down.weight": "down",
+    ".lora_linear_layer.up.weight": "up",
+    "_lora.down.weight": "down",  # diffusers' attention processors: attn1.processor.to_q_lora
+    "_lora.up.weight": "up",
 }
+_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)$")
 _KOHYA_HALVES = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
 
 
@@ -118,7 +125,9 @@ def parse(path: Path) -> list[LayerLora]:
         if split is None:
             unknown.append(key)
             continue
-        parts.setdefault(split[:2], {})[split[2]] = value
+        component, module, half = split
+        module = _PROCESSOR.sub(lambda m: "." + ("to_out.0" if m[1] == "to_out" else m[1]), module)
+        parts.setdefault((component, module), {})[half] = value
     if unknown or not parts:
         shown = ", ".join(repr(k) for k in unknown[:3]) or "no tensors"
         raise ValueError(

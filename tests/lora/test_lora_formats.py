@@ -197,3 +197,28 @@ def test_stability_block_names_map_as_diffusers_maps_them(sgm, diffusers_name):
     from sdlite.lora.formats import sgm_to_diffusers
 
     assert sgm_to_diffusers(sgm, 2) == diffusers_name
+
+
+@pytest.mark.parametrize(
+    "key,module",
+    [
+        (
+            "unet.mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora",
+            "mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0",
+        ),
+        (
+            "unet.mid_block.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora",
+            "mid_block.attentions.0.transformer_blocks.0.attn2.to_k",
+        ),
+        (
+            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer",
+            "text_model.encoder.layers.0.self_attn.q_proj",
+        ),
+    ],
+)
+def test_older_diffusers_keys(tmp_path, key, module):
+    path = write(
+        tmp_path / "old.safetensors", {f"{key}.down.weight": rand(2, 8), f"{key}.up.weight": rand(8, 2)}
+    )
+    (layer,) = parse(path)
+    assert layer.module == module
