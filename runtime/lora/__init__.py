@@ -158,15 +158,18 @@ class Loras:
     def activate(self, loras: Any) -> None:
         """Run the next calls with ``loras`` merged (None or {}: the model's own weights)."""
         chosen = self.check(loras)
+        component = ""
         try:
             for component, session in self.sessions.items():
                 used = [(n, w) for n, w in chosen if self._touches(n, component)]
                 key = tuple((n, self.registered[n][0], w) for n, w in used) or None
                 session.use_weights(key, lambda c=component, u=used: self._merge(c, u))
-        except Exception:
+        except Exception as err:  # out of memory, ORT refusing the merged model: back to the base
             for session in self.sessions.values():
                 session.use_weights(None, lambda: (None, {}))
-            raise
+            raise RuntimeError(
+                f"loras {dict(chosen)}: the merged {component} could not be loaded: {err}"
+            ) from err
 
     def _touches(self, name: str, component: str) -> bool:
         return any(b.component == component for b in self.registered[name][1])
