@@ -54,6 +54,7 @@ from .folder import ModelFolder, load_folder
 from .graph import Graph, read_graph
 from .inpaint import Inpainting
 from .lcm import TIMESTEP_COND, guidance_embedding
+from .lora import Loras
 from .request import Arguments, Request, parameters, resolve
 from .sessions import ProviderArg, Session, resolve_providers, session_options
 from .vae import VAE
@@ -114,6 +115,7 @@ class Pipeline:
         self.preset = model_presets.detect(
             folder.path, self.unet.inputs, folder.scheduler_config, folder.model_index
         )
+        self._loras = Loras(folder.onnx, self._all_sessions())
 
     @classmethod
     def from_pretrained(
@@ -175,6 +177,23 @@ class Pipeline:
     def default_size(self) -> int:
         return self.graph.default_size
 
+    # --- LoRAs (sdlite.lora) ---------------------------------------------------------------------
+
+    def load_lora_weights(self, path: str | Path, adapter_name: str | None = None) -> str:
+        """Register the LoRA file at ``path`` (safetensors; diffusers/PEFT or kohya keys) for
+        ``pipe(..., loras={name: weight})``; returns its name (default: the file's stem).  The file
+        is checked in full first: a failed load changes nothing."""
+        return self._loras.load(path, adapter_name)
+
+    def unload_lora_weights(self, name: str | None = None) -> None:
+        """Forget the LoRA ``name`` (None: all of them)."""
+        self._loras.unload(name)
+
+    @property
+    def lora_names(self) -> list[str]:
+        """The names of the loaded LoRAs, in load order."""
+        return self._loras.names
+
     # --- a call -------------------------------------------------------------------------------
 
     def __call__(
@@ -206,31 +225,17 @@ class Pipeline:
         preview_every: int = 1,
         vae_tiling: bool | None = None,
         vae_tile_size: int | None = None,
+        loras: dict[str, float] | None = None,
     ) -> PipelineOutput:
-        """Generate ``len(prompts) * num_images_per_prompt`` images (prompt-major order).
-
-        Every argument is checked before any model runs (ValueError naming it, see
-        ``sdlite.rules``).  ``seed``: an int (image i gets seed + i), a list with one seed per
-        image, or None (random seeds, reported in ``.seeds``).  ``image`` switches to
-        image-to-image: ``strength`` of the ``num_inference_steps`` are run.  ``callback(step,
-        total, latents)`` runs after each model call (step counts from 1); returning False
-        cancels.  ``num_inference_steps``, ``guidance_scale`` and ``sampler`` left at None come
-        from ``self.preset``.  ``mask_image`` with ``image`` inpaints (white = repaint, see
-        ``sdlite.inpaint``); ``strength`` defaults to 0.8 for image-to-image and 1.0 for
-        inpainting, as in diffusers.  SDXL only (``sdlite.conditioning``): ``prompt_2``,
-        ``negative_prompt_2``, ``original_size``, ``crops_coords_top_left``, ``target_size``
-        and, for refiners, ``aesthetic_score`` / ``negative_aesthetic_score``, as in diffusers.
-        ``preview(step, total, image)`` gets a cheap PIL image of the denoised estimate at every
-        ``preview_every``-th step and the last (``sdlite.preview``; output size, images side by
-        side for a batch).  ``vae_tiling``: None decodes (and encodes) in tiles above
-        ``sdlite.rules.VAE_WHOLE_MAX_PIXELS``, True / False force it; ``vae_tile_size`` (pixels,
-        default ``self.vae_tile_size``) as diffusers' tile (``sdlite.vae``).
-        Not thread-safe: one call at a time per Pipeline.
+        """Generate ``len(prompts) * num_images_per_prompt`` images (prompt-major order), as
+        diffusers' pipelines do; each argument is described on ``sdlite.request.Arguments``.
+        Every one is checked before any model runs.  Not thread-safe: one call at a time.
         """
         # First line: locals() holds the arguments alone, so the signature stays their one list.
         args = Arguments(**{k: v for k, v in locals().items() if k != "self"})
         t_start, before = time.perf_counter(), self._session_seconds()
         req = self._resolve(args)
+        self._loras.activate(args.loras)
         x, inpainting = self._initial_latents(req)
         x, cancelled = self._denoise(req, x, inpainting)
         images = [] if cancelled else self._output(req, x)

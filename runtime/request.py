@@ -25,7 +25,26 @@ from .samplers.names import A1111, DIFFUSERS_CLASSES, normalize
 
 @dataclass
 class Arguments:
-    """``Pipeline.__call__``'s arguments as given (its signature holds the defaults)."""
+    """``Pipeline.__call__``'s arguments as given (its signature holds the defaults).
+
+    Every argument is checked before any model runs (ValueError naming it, see
+    ``sdlite.rules``).  ``seed``: an int (image i gets seed + i), a list with one seed per
+    image, or None (random seeds, reported in ``.seeds``).  ``image`` switches to
+    image-to-image: ``strength`` of the ``num_inference_steps`` are run.  ``callback(step,
+    total, latents)`` runs after each model call (step counts from 1); returning False
+    cancels.  ``num_inference_steps``, ``guidance_scale`` and ``sampler`` left at None come
+    from the pipeline's ``preset``.  ``mask_image`` with ``image`` inpaints (white = repaint, see
+    ``sdlite.inpaint``); ``strength`` defaults to 0.8 for image-to-image and 1.0 for
+    inpainting, as in diffusers.  SDXL only (``sdlite.conditioning``): ``prompt_2``,
+    ``negative_prompt_2``, ``original_size``, ``crops_coords_top_left``, ``target_size``
+    and, for refiners, ``aesthetic_score`` / ``negative_aesthetic_score``, as in diffusers.
+    ``preview(step, total, image)`` gets a cheap PIL image of the denoised estimate at every
+    ``preview_every``-th step and the last (``sdlite.preview``; output size, images side by
+    side for a batch).  ``vae_tiling``: None decodes (and encodes) in tiles above
+    ``sdlite.rules.VAE_WHOLE_MAX_PIXELS``, True / False force it; ``vae_tile_size`` (pixels,
+    default ``Pipeline.vae_tile_size``) as diffusers' tile (``sdlite.vae``).
+    ``loras``: LoRA name -> weight for this call (see ``load_lora_weights``); None or {}: none.
+    """
 
     prompt: Any
     negative_prompt: Any
@@ -54,6 +73,7 @@ class Arguments:
     preview_every: Any
     vae_tiling: Any
     vae_tile_size: Any
+    loras: Any = None  # name -> weight; checked and applied by sdlite.lora
 
     def sdxl_options(self) -> SDXLOptions:
         return SDXLOptions(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,17 @@ ORT_WHEELS = (
 )
 
 ProviderArg = str | Sequence[str | tuple[str, dict[str, Any]]] | None
+# What session_options sets, so that a session with other weights can get the same options.
+_SPINNING = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+_COPIED = (
+    "graph_optimization_level",
+    "enable_cpu_mem_arena",
+    "enable_mem_pattern",
+    "execution_mode",
+    "intra_op_num_threads",
+    "inter_op_num_threads",
+    "log_severity_level",
+)
 
 
 def installed_ort_wheels() -> list[str]:
@@ -125,9 +136,19 @@ def session_options(providers: Sequence[Any], num_threads: int | None = None) ->
     # (and everything else on a shared machine) need.  Measured on a loaded 2-core machine, tiny
     # U-Net, 2 threads: 0.32 s per call spinning, 0.19 s not.  SDLITE_ORT_SPINNING=1 restores it.
     spinning = os.environ.get("SDLITE_ORT_SPINNING", "0") == "1"
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+    for key in _SPINNING:
+        so.add_session_config_entry(key, "1" if spinning else "0")
     so.log_severity_level = 3
+    return so
+
+
+def _copy_options(options: ort.SessionOptions) -> ort.SessionOptions:
+    # SessionOptions cannot be copied, and external files given in memory stay in the object.
+    so = ort.SessionOptions()
+    for name in _COPIED:
+        setattr(so, name, getattr(options, name))
+    for key in _SPINNING:
+        so.add_session_config_entry(key, options.get_session_config_entry(key))
     return so
 
 
@@ -144,12 +165,14 @@ class Session:
 
     def __init__(self, path: Path, providers: list, options: ort.SessionOptions) -> None:
         self.path = path
+        self._options, self._providers = options, providers
         try:
-            self._sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            self._own = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as err:  # ORT raises its own Fail/InvalidProtobuf types
             raise ValueError(
                 f"model file {str(path)!r} could not be loaded (missing or truncated?): {err}"
             ) from err
+        self._sess = self._own
         self.inputs = {
             i.name: InputInfo(i.name, _NP.get(i.type, np.float32), len(i.shape), tuple(i.shape))
             for i in self._sess.get_inputs()
@@ -162,6 +185,39 @@ class Session:
         self.device = _DEVICE.get(self.providers[0])
         self.seconds = 0.0
         self._constants: dict[str, Any] = {}
+        self._variant: tuple[Hashable, ort.InferenceSession] | None = None
+
+    def use_weights(self, key: Hashable | None, build: Callable[[], tuple[bytes | None, dict]]) -> None:
+        """Run the file's own weights (``key`` None) or other weights, built once per ``key``.
+
+        Same graph, other weights (sdlite.lora): ``build()`` gives model.onnx's new bytes (None:
+        the file as it is) and new contents for external data files ({file name: bytes}).  One
+        variant is kept: the same key again reuses it, another key replaces it (the old one is
+        freed before the new one is built).
+        """
+        if key is None:
+            self._sess = self._own
+            return
+        if self._variant is None or self._variant[0] != key:
+            self._sess, self._variant = self._own, None
+            self._variant = (key, self._variant_session(*build()))
+        self._sess = self._variant[1]
+
+    def _variant_session(self, model: bytes | None, files: dict[str, bytearray]) -> ort.InferenceSession:
+        options = self._options
+        if files or model is not None:
+            options = _copy_options(self._options)
+        if files:
+            names = list(files)
+            options.add_external_initializers_from_files_in_memory(
+                names, [files[n] for n in names], [len(files[n]) for n in names]
+            )
+        if model is not None:  # external files not given above are still read from the folder
+            options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(self.path.parent)
+            )
+        source = model if model is not None else str(self.path)
+        return ort.InferenceSession(source, sess_options=options, providers=self._providers)
 
     def cast(self, name: str, value: np.ndarray) -> np.ndarray:
         # Not np.ascontiguousarray: it turns a 0-d timestep into shape (1,).
