@@ -146,11 +146,11 @@ def test_bad_vae_tiling_is_refused(pipe, value):
 
 
 def test_tiles_lift_the_vae_budget_but_not_the_unets():
-    rules.check_pixels(2048, 2048, 1, rules.max_pixels("sd"))  # the U-Net's limit
-    assert rules.check_vae_tiling(None, 2048, 2048) is True
+    rules.check_pixels(1536, 1536, 1, rules.max_pixels("sd"))  # the U-Net's limit
+    assert rules.check_vae_tiling(None, 1536, 1536) is True
     assert rules.check_vae_tiling(None, 1024, 1024) is False
     assert rules.check_vae_tiling(True, 64, 64) is True
     with pytest.raises(RuleError, match="vae_tiling"):
-        rules.check_vae_tiling(False, 2048, 2048)
+        rules.check_vae_tiling(False, 1536, 1536)
     with pytest.raises(RuleError, match="U-Net"):
-        rules.check_pixels(2048, 2056, 1, rules.max_pixels("sd"))
+        rules.check_pixels(1536, 1544, 1, rules.max_pixels("sd"))
