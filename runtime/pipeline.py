@@ -232,37 +232,37 @@ class Pipeline:
             return lat.image_to_image(req, self._encode), None
         return lat.text_to_image(req), None
 
-    def _condition(self, req: Request) -> None:
-        """Bind the inputs that stay fixed over the loop: the text (+ SDXL's), LCM's guidance."""
-        text = self.prompt_encoder.encode(
-            req.prompts,
-            req.negatives,
-            req.negative_given,
-            req.cfg,
-            req.per_prompt,
-            req.sdxl,
-            req.height,
-            req.width,
-        )
-        for name, value in text.items():  # encoder_hidden_states (+ SDXL's text_embeds, time_ids)
+    def _condition(self, req: Request) -> dict[int, dict[str, np.ndarray]]:
+        """Bind the text (+ SDXL's) and LCM's guidance; return the later calls' text changes."""
+        segments = self.prompt_encoder.encode(req.text, req.per_prompt, req.sdxl, req.height, req.width)
+        for name, value in segments[0][1].items():  # encoder_hidden_states (+ text_embeds, time_ids)
             self.unet.bind_constant(name, value)
         if self.graph.time_cond_dim is not None:
             embedding = guidance_embedding(req.guidance, req.batch, self.graph.time_cond_dim)
             self.unet.bind_constant(TIMESTEP_COND, embedding)
+        return dict(segments[1:])  # prompt editing: call -> the text inputs from that call on
 
     def _denoise(self, req: Request, x: np.ndarray, inpainting: Inpainting | None) -> tuple[np.ndarray, bool]:
         """Run the sampler over ``req.timesteps``; True with the latents so far when cancelled."""
         try:
-            self._condition(req)
-            return self._loop(req, x, inpainting)
+            text_changes = self._condition(req)
+            return self._loop(req, x, inpainting, text_changes)
         finally:
             self.unet.clear_constants()
 
-    def _loop(self, req: Request, x: np.ndarray, inpainting: Inpainting | None) -> tuple[np.ndarray, bool]:
+    def _loop(
+        self,
+        req: Request,
+        x: np.ndarray,
+        inpainting: Inpainting | None,
+        text_changes: dict[int, dict[str, np.ndarray]],
+    ) -> tuple[np.ndarray, bool]:
         scheduler, timesteps, total = req.scheduler, req.timesteps, len(req.timesteps)
         stochastic = is_stochastic(scheduler)
         t_feeds = self._timestep_feeds(req)
         for i, t in enumerate(timesteps):
+            for name, value in text_changes.get(i, {}).items():
+                self.unet.bind_constant(name, value)
             pred = self._predict(req, scheduler.scale_model_input(x, t), t_feeds[i], inpainting)
             noise = lat.draw_noise(req.rngs, req.latent_shape) if stochastic else None
             x = scheduler.step(pred, t, x, noise=noise)

@@ -18,6 +18,7 @@ from . import inpaint as inp
 from . import rules
 from .conditioning import PromptEncoder, SDXLOptions
 from .graph import Graph
+from .prompt_encoding import TextPlan
 from .rules import Preset, RuleError
 from .samplers import Scheduler
 from .samplers.names import A1111, DIFFUSERS_CLASSES, normalize
@@ -90,6 +91,7 @@ class Request:
     init_images: list | None  # one image, or one per prompt (image-to-image and inpainting)
     masks: list | None  # one mask, or one per image (inpainting)
     strength: float
+    text: TextPlan  # the prompts' chunks and schedule (sdlite.prompt_encoding), texts as written above
 
     @property
     def batch(self) -> int:
@@ -128,10 +130,13 @@ def resolve(
     # LCM-distilled U-Nets take the guidance as an embedding instead of an unconditional pass.
     cfg = guidance > 1.0 and graph.time_cond_dim is None
     _check_batches(graph, len(prompts) * per_prompt, cfg, init_images is not None)
+    timesteps = _timesteps(scheduler, steps, kept)
+    negative_given = a.negative_prompt is not None
+    text = prompt_encoder.plan(prompts, negatives, negative_given, cfg, a.sdxl_options(), len(timesteps))
     return Request(
         prompts=prompts,
         negatives=negatives,
-        negative_given=a.negative_prompt is not None,
+        negative_given=negative_given,
         sdxl=a.sdxl_options(),
         per_prompt=per_prompt,
         steps=steps,
@@ -140,7 +145,7 @@ def resolve(
         sampler=sampler,
         sampler_options=options or {},
         scheduler=scheduler,
-        timesteps=_timesteps(scheduler, steps, kept),
+        timesteps=timesteps,
         height=height,
         width=width,
         latent_shape=shape,
@@ -152,6 +157,7 @@ def resolve(
         init_images=init_images,
         masks=masks,
         strength=strength,
+        text=text,
     )
 
 
