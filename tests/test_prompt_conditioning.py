@@ -252,3 +252,123 @@ def test_images_equal_diffusers_given_embeddings(models, kind, case):
     assert image.std() > 0.01
     # The PNG parameters keep the prompt as written, syntax and all.
     assert got.parameters[0].startswith(prompt + "\nNegative prompt: " + NEGATIVE + "\n")
+
+
+# --- prompt editing --------------------------------------------------------------------------
+
+
+def record_unet(pipe, monkeypatch) -> list[np.ndarray]:
+    """The text conditioning the U-Net holds at each of its calls."""
+    bound: dict = {}
+    seen: list[np.ndarray] = []
+    bind, run = pipe.unet.bind_constant, pipe.unet.run
+
+    def bind_constant(name, value):
+        bound[name] = np.array(value)
+        bind(name, value)
+
+    def counted(feeds, outputs=None):
+        seen.append(bound["encoder_hidden_states"])
+        return run(feeds, outputs)
+
+    monkeypatch.setattr(pipe.unet, "bind_constant", bind_constant)
+    monkeypatch.setattr(pipe.unet, "run", counted)
+    return seen
+
+
+# (prompt, steps, the plain prompt at each U-Net call): AUTOMATIC1111 counts calls from 0 and
+# a text whose end step is s holds through call s.
+EDITS = [
+    ("a [cat:dog:2] photo", 5, ["a cat photo"] * 3 + ["a dog photo"] * 2),
+    ("a [dog:1] photo", 4, ["a photo"] * 2 + ["a dog photo"] * 2),
+    ("a [cat::2] photo", 4, ["a cat photo"] * 3 + ["a photo"]),
+    ("a [cat:dog:0.5] photo", 6, ["a cat photo"] * 4 + ["a dog photo"] * 2),
+    ("a [cat|dog] photo", 5, ["a cat photo", "a cat photo", "a dog photo", "a cat photo", "a dog photo"]),
+]
+
+
+@pytest.mark.parametrize("prompt,steps,expected", EDITS, ids=[e[0] for e in EDITS])
+def test_prompt_editing_switches_at_its_step(models, monkeypatch, prompt, steps, expected):
+    pipe = models("sd1")[0]
+    common = dict(num_inference_steps=steps, guidance_scale=5.0, height=64, width=64, seed=1)
+    seen = record_unet(pipe, monkeypatch)
+    plain = pipe("a cat photo", negative_prompt="ugly", sampler="euler", output_type="latent", **common)
+    plain_calls = len(seen)
+    seen.clear()
+    out = pipe(prompt, negative_prompt="ugly", sampler="euler", output_type="latent", **common)
+    assert len(seen) == plain_calls == steps  # no extra U-Net call
+    for call, text in enumerate(expected):
+        want = ours_embed(pipe, text, "ugly")["encoder_hidden_states"]
+        np.testing.assert_allclose(seen[call], want, atol=1e-5, rtol=0, err_msg=f"call {call}: {text!r}")
+    assert out.parameters[0].startswith(prompt + "\n")
+    assert not np.array_equal(out.latents, plain.latents)
+
+
+def test_prompt_editing_in_negative_prompt_and_batch(models, monkeypatch):
+    pipe = models("sd1")[0]
+    seen = record_unet(pipe, monkeypatch)
+    pipe(
+        ["a [cat:dog:1] photo", "a house"],
+        negative_prompt=["ugly", "[blurry|noisy]"],
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        sampler="euler",
+        num_images_per_prompt=2,
+        height=64,
+        width=64,
+        output_type="latent",
+    )
+    assert len(seen) == 3
+
+    def row(text):
+        return ours_embed(pipe, text, "")["encoder_hidden_states"][1]
+
+    for call, (first, second_negative) in enumerate(
+        [("a cat photo", "blurry"), ("a cat photo", "blurry"), ("a dog photo", "noisy")]
+    ):
+        rows = [row(t) for t in ("ugly", "ugly", second_negative, second_negative)]
+        rows += [row(t) for t in (first, first, "a house", "a house")]
+        np.testing.assert_allclose(seen[call], np.stack(rows), atol=1e-5, rtol=0, err_msg=f"call {call}")
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def no_model_runs(pipe, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model ran before the prompt was refused")
+
+    for session in [*pipe.prompt_encoder.sessions, pipe.unet, pipe.vae_decoder]:
+        monkeypatch.setattr(session, "run", refuse)
+
+
+def test_too_many_chunks_refused_before_any_model_runs(models, monkeypatch):
+    pipe = models("sd1")[0]
+    no_model_runs(pipe, monkeypatch)
+    nine = " BREAK ".join(["a cat"] * 9)
+    with pytest.raises(ValueError, match=r"^prompt must be at most 8 chunks of 75 tokens.*got '9 chunks'"):
+        pipe(nine, num_inference_steps=2)
+    with pytest.raises(ValueError, match=r"^negative_prompt must be at most 8 chunks"):
+        pipe("a cat", negative_prompt=" ".join(["dog"] * 601), num_inference_steps=2)
+    # A text reached only by prompt editing counts too.
+    with pytest.raises(ValueError, match=r"^prompt must be at most 8 chunks"):
+        pipe(f"a [cat:{nine}:1]", num_inference_steps=2)
+    monkeypatch.setattr(pipe.prompt_encoder, "max_chunks", 2)
+    with pytest.raises(ValueError, match=r"^prompt must be at most 2 chunks of 75 tokens"):
+        pipe(LONG, num_inference_steps=2)
+
+
+def test_static_sequence_axis_takes_one_chunk(tiny_sd1_onnx, tmp_path):
+    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
+
+    folder = shutil.copytree(tiny_sd1_onnx, tmp_path / "static")
+    model = onnx.load(str(folder / "unet" / "model.onnx"))
+    make_dim_param_fixed(model.graph, "sequence_length", 77)
+    onnx.save(model, str(folder / "unet" / "model.onnx"))
+    pipe = Pipeline.from_pretrained(folder, provider="cpu", num_threads=1)
+    with pytest.raises(
+        ValueError, match=r"^prompt must be at most 75 tokens without BREAK.*fixed text length"
+    ):
+        pipe("a cat BREAK a dog", num_inference_steps=1, height=64, width=64)
+    out = pipe("a (cat:1.2)", num_inference_steps=1, height=64, width=64, output_type="latent")
+    assert out.latents.shape == (1, 4, 16, 16)
