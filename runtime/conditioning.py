@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from . import rules
+from .embeddings import load_embedding, token_table
 from .folder import ModelFolder
 from .prompt_encoding import TextPlan, empty_chunk, plan_texts, weigh
 from .sessions import Session
@@ -60,6 +62,8 @@ class SDXLOptions:
 class TextEncoder:
     tokenizer: CLIPTokenizer
     session: Session
+    table: tuple[str, np.ndarray] | None = None  # (initializer, extended token table): embeddings
+    table_value: Any = None  # the OrtValue the session reads the table from; lives as long as it
 
     @property
     def input_name(self) -> str:
@@ -166,6 +170,35 @@ class PromptEncoder:
             self.n_time_ids = 5 if folder.requires_aesthetics_score else 6
         if self.n_time_ids not in (5, 6):
             raise ValueError(f"unet/model.onnx: time_ids must hold 5 or 6 numbers, the graph says {dim}")
+
+    def load_textual_inversion(
+        self, path: str | Path, token: str | None, make_session: Callable[[Path, str, Any], Session]
+    ) -> str:
+        """Add an embedding to every text encoder (``sdlite.embeddings``); returns its name.
+
+        ``make_session(model, initializer, value)`` makes a text-encoder session whose
+        ``initializer`` is overridden by the OrtValue ``value``.
+        """
+        for enc in self.encoders:
+            if enc.table is None:
+                enc.table = token_table(enc.session.path, enc.tokenizer.vocab_size)
+        emb = load_embedding(path, token, [enc.table[1].shape[1] for enc in self.encoders])
+        if not emb.name.strip() or any(ch.isspace() for ch in emb.name):
+            raise ValueError(f"embedding name {emb.name!r}: a name is one word (no spaces); pass token=")
+        for enc in self.encoders:
+            if enc.tokenizer.knows(emb.name):
+                raise ValueError(
+                    f"embedding name {emb.name!r} is already a word of the tokenizer's vocabulary (or a "
+                    "loaded embedding), so prompts could not tell them apart; pass another token="
+                )
+        for enc, vectors in zip(self.encoders, emb.vectors, strict=True):
+            name, table = enc.table
+            table = np.concatenate([table, vectors.astype(table.dtype)])
+            value = ort.OrtValue.ortvalue_from_numpy(table)
+            session = make_session(enc.session.path, name, value)  # before any state changes
+            enc.tokenizer.add_embedding(emb.name, len(vectors))
+            enc.session, enc.table, enc.table_value = session, (name, table), value
+        return emb.name
 
     @property
     def refiner(self) -> bool:

@@ -80,6 +80,7 @@ class Pipeline:
         self.folder = folder
         self.providers = providers
         self._options = session_options(providers, num_threads)
+        self._num_threads = num_threads
         self.unet = self._session(folder.onnx["unet"])
         # SD: one CLIP; SDXL: two (a refiner: text_encoder_2 only); see sdlite.conditioning.
         self.prompt_encoder = PromptEncoder(folder, self.unet, self._session)
@@ -127,6 +128,22 @@ class Pipeline:
 
     def _session(self, path: Path) -> Session:
         return Session(path, self.providers, self._options)
+
+    def load_textual_inversion(self, path: str | Path, token: str | None = None) -> str:
+        """Load a textual-inversion embedding (.safetensors, see ``sdlite.embeddings``).
+
+        Its name (``token``, else the one in the file, else the file's stem) then stands for
+        its vectors wherever it appears in a prompt.  Returns the name.
+        """
+
+        def make_session(model: Path, initializer: str, value: Any) -> Session:
+            options = session_options(self.providers, self._num_threads)
+            options.add_initializer(initializer, value)
+            return Session(model, self.providers, options)
+
+        name = self.prompt_encoder.load_textual_inversion(path, token, make_session)
+        self.text_encoder = self.prompt_encoder.encoders[0].session
+        return name
 
     # --- what the graphs fix (sdlite.graph), under the names callers know ---------------------
 

@@ -75,8 +75,12 @@ def chunk_prompt(tok: CLIPTokenizer, text: str, field: str = "prompt") -> list[C
             if len(tokens) == size:
                 chunks.append(_close(tok, tokens, weights))
                 tokens, weights, comma = [], [], -1
-            tokens.append(token)
-            weights.append(weight)
+            ids = tok.expansions.get(token, (token,))  # an embedding's vectors stay in one chunk
+            if len(tokens) + len(ids) > size:
+                chunks.append(_close(tok, tokens, weights))
+                tokens, weights, comma = [], [], -1
+            tokens.extend(ids)
+            weights.extend([weight] * len(ids))
     if tokens or not chunks:
         chunks.append(_close(tok, tokens, weights))
     return chunks

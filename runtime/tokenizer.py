@@ -125,6 +125,8 @@ class CLIPTokenizer:
         self._plain = Tokenizer.from_str(tokenizer.to_str())
         self._plain.no_padding()
         self._plain.no_truncation()
+        # Textual inversion: an embedding's first token id -> all its ids (sdlite.embeddings).
+        self.expansions: dict[int, tuple[int, ...]] = {}
         pad_id = ids["pad_token"]
         self._tok = tokenizer
         self._pre = prenormalizer
@@ -159,6 +161,27 @@ class CLIPTokenizer:
         # final-sigma rule (Σ -> ς at a word's end), where tokenizers' Lowercase maps Σ -> σ
         # everywhere; and "<|ENDOFTEXT|>" then matches the special token, as it does there.
         return [self._pre.normalize_str(p).lower() for p in prompts]
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def knows(self, word: str) -> bool:
+        """Whether ``word`` is already a token (as a whole word, or an added token)."""
+        word = self._normalize([word])[0]
+        return any(self._tok.token_to_id(t) is not None for t in (word, f"{word}</w>"))
+
+    def add_embedding(self, name: str, vectors: int) -> list[int]:
+        """Add ``name`` (and ``name_1`` .. as diffusers does) as tokens; return their new ids."""
+        names = [self._normalize([name])[0]] + [f"{name}_{i}".lower() for i in range(1, vectors)]
+        first = self.vocab_size
+        for tok in (self._tok, self._plain):
+            tok.add_tokens([AddedToken(n, normalized=False, special=False) for n in names])
+        ids = [self._tok.token_to_id(n) for n in names]
+        if ids != list(range(first, first + vectors)):
+            raise ValueError(f"embedding name {name!r}: its tokens could not be added ({names})")
+        self.expansions[ids[0]] = tuple(ids)
+        return ids
 
     def tokens(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's token ids, without start/end tokens, padding or truncation."""
