@@ -33,7 +33,7 @@ import onnxruntime as ort
 from . import rules
 from .embeddings import load_embedding, token_table
 from .folder import ModelFolder
-from .prompt_encoding import TextPlan, empty_chunk, plan_texts, weigh
+from .prompt_encoding import TextPlan, chunk_tokens, empty_chunk, plan_texts, weigh
 from .sessions import Session
 from .tokenizer import CLIPTokenizer
 
@@ -274,12 +274,13 @@ class PromptEncoder:
         plan = plan_texts(tokenizers, streams, calls, zeros, do_cfg, self.max_chunks)
         length = tokenizers[0].model_max_length
         if self.static_tokens is not None and plan.k * length != self.static_tokens:
+            size = chunk_tokens(tokenizers[0])
             raise rules.RuleError(
                 "prompt",
-                f"at most {rules.CHUNK_TOKENS} tokens without BREAK, with its negative prompt: this "
-                f"model's U-Net was exported with a fixed text length of {self.static_tokens} tokens "
-                "(a static sequence axis); re-export it with a dynamic one for longer prompts",
-                f"{plan.k} chunks of {rules.CHUNK_TOKENS} tokens",
+                f"at most {size} tokens without BREAK, with its negative prompt: this model's U-Net was "
+                f"exported with a fixed text length of {self.static_tokens} tokens (a static sequence "
+                "axis); re-export it with a dynamic one for longer prompts",
+                f"{plan.k} chunks of {size} tokens",
             )
         return plan
 

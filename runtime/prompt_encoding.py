@@ -4,8 +4,9 @@ AUTOMATIC1111's default ("Original") emphasis, after its modules/sd_hijack_clip.
 
 - the prompt is split into (text, weight) pieces (``sdlite.prompts.parse_prompt_attention``) and
   each piece tokenized on its own;
-- tokens go into chunks of 75; ``BREAK`` closes the current chunk; a chunk that fills up within
-  20 tokens after a comma moves the words after that comma on to the next chunk whole;
+- tokens go into chunks of 75 (a text encoder with fewer positions: its length - 2); ``BREAK``
+  closes the current chunk; a chunk that fills up within 20 tokens after a comma moves the words
+  after that comma on to the next chunk whole;
 - each chunk is [start] + tokens + [end], padded as the tokenizer pads (77 ids) and encoded on its
   own; its output rows are multiplied by their tokens' weights and the chunk is rescaled so that
   its mean equals the unweighted mean (``weigh``);
@@ -42,8 +43,13 @@ class Chunk:
         return any(w != 1.0 for w in self.weights)
 
 
+def chunk_tokens(tok: CLIPTokenizer) -> int:
+    """Tokens per chunk: 75 for CLIP (77 with start and end); a smaller text encoder's own."""
+    return min(rules.CHUNK_TOKENS, tok.model_max_length - 2)
+
+
 def _close(tok: CLIPTokenizer, tokens: list[int], weights: list[float]) -> Chunk:
-    pad = rules.CHUNK_TOKENS - len(tokens)
+    pad = chunk_tokens(tok) - len(tokens)
     ids = (tok.bos_token_id, *tokens, tok.eos_token_id, *[tok.pad_token_id] * pad)
     return Chunk(ids, (1.0, *weights, *[1.0] * (pad + 1)))
 
@@ -55,7 +61,7 @@ def empty_chunk(tok: CLIPTokenizer) -> Chunk:
 def chunk_prompt(tok: CLIPTokenizer, text: str, field: str = "prompt") -> list[Chunk]:
     """A prompt's chunks (at least one), by AUTOMATIC1111's rules (module docstring)."""
     parsed = parse_prompt_attention(text, field)
-    size, backtrack = rules.CHUNK_TOKENS, rules.COMMA_BACKTRACK
+    size, backtrack = chunk_tokens(tok), rules.COMMA_BACKTRACK
     chunks: list[Chunk] = []
     tokens: list[int] = []
     weights: list[float] = []
@@ -87,7 +93,7 @@ def chunk_prompt(tok: CLIPTokenizer, text: str, field: str = "prompt") -> list[C
 
 
 def weigh(z: np.ndarray, chunk: Chunk) -> np.ndarray:
-    """One chunk's encoder output [77, D]: rows times their weights, rescaled to the unweighted mean."""
+    """One chunk's encoder output [length, D]: rows times their weights, rescaled to the unweighted mean."""
     if not chunk.weighted:
         return z
     mean = z.mean(dtype=np.float32)
@@ -144,7 +150,9 @@ def plan_texts(
             for _, plain in schedule:
                 if plain not in chunks[e]:
                     chunks[e][plain] = chunk_prompt(tok, plain, field)
-                    rules.check_chunks(field, len(chunks[e][plain]), limit)
+                    size = chunk_tokens(tok)
+                    # The limit counts 75-token chunks: a smaller text encoder gets as many tokens.
+                    rules.check_chunks(field, len(chunks[e][plain]), limit * rules.CHUNK_TOKENS // size, size)
             schedules.append(schedule)
         streams.append(Stream(tuple(schedules)))
     k = max((len(c) for per_encoder in chunks for c in per_encoder.values()), default=1)

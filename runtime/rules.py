@@ -166,13 +166,13 @@ def check_prompts(field: str, value: Any, max_chars: int = MAX_PROMPT_CHARS) -> 
     raise RuleError(field, "a string or a non-empty list of strings", value)
 
 
-def check_chunks(field: str, chunks: int, limit: int = MAX_PROMPT_CHUNKS) -> int:
-    """A prompt's number of 75-token chunks (``BREAK`` starts a new one) at most ``limit``."""
+def check_chunks(field: str, chunks: int, limit: int = MAX_PROMPT_CHUNKS, size: int = CHUNK_TOKENS) -> int:
+    """A prompt's number of chunks of ``size`` tokens (``BREAK`` starts a new one) at most ``limit``."""
     if chunks > limit:
         raise RuleError(
             field,
-            f"at most {limit} chunks of {CHUNK_TOKENS} tokens ({limit * CHUNK_TOKENS} tokens; BREAK starts "
-            "a new chunk); shorten it",
+            f"at most {limit} chunks of {size} tokens ({limit * size} tokens; BREAK starts a new chunk); "
+            "shorten it",
             f"{chunks} chunks",
         )
     return chunks

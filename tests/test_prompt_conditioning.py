@@ -372,3 +372,18 @@ def test_static_sequence_axis_takes_one_chunk(tiny_sd1_onnx, tmp_path):
         pipe("a cat BREAK a dog", num_inference_steps=1, height=64, width=64)
     out = pipe("a (cat:1.2)", num_inference_steps=1, height=64, width=64, output_type="latent")
     assert out.latents.shape == (1, 4, 16, 16)
+
+
+def test_small_text_encoder_chunks_its_own_length():
+    # The demo model's text encoder has 16 positions: chunks of 14 tokens, and the 8-chunk limit
+    # counts 75-token chunks (600 tokens) so a long prompt fits it too.
+    from sdlite.models import demo_path
+
+    pipe = Pipeline.from_pretrained(demo_path(), provider="cpu", num_threads=1)
+    prompt = ", ".join(["(red:1.2) circle", "blue square", "[green] triangle"] * 30)  # ~300 tokens
+    chunks = chunk_prompt(pipe.tokenizer, prompt)
+    assert len(chunks) > 8 and all(len(c.ids) == 16 for c in chunks)
+    feeds = ours_embed(pipe, prompt, "")
+    assert feeds["encoder_hidden_states"].shape[1] == 16 * len(chunks)
+    with pytest.raises(ValueError, match=r"^prompt must be at most 42 chunks of 14 tokens"):
+        pipe(" ".join(["red circle"] * 400), num_inference_steps=1)
