@@ -1,4 +1,12 @@
-"""Prompt -> U-Net conditioning, as diffusers' SD and SDXL pipelines compute it.
+"""Prompt -> U-Net conditioning: AUTOMATIC1111's prompts on diffusers' SD and SDXL text encoders.
+
+Each text is chunked, weighted and scheduled as AUTOMATIC1111 does (``sdlite.prompt_encoding``:
+``(word:1.3)``, long prompts in 75-token chunks, ``BREAK``, ``[from:to:when]``, ``[a|b]``); a
+prompt of at most 75 tokens without that syntax is encoded exactly as diffusers encodes it.
+``plan`` tokenizes and checks every text before any model runs; ``encode`` runs the encoders
+once per distinct text and returns the inputs for each stretch of U-Net calls.  Textual
+inversion: ``load_textual_inversion`` (``sdlite.embeddings``).  SDXL: each encoder chunks and
+weights on its own; the pooled output is encoder 2's, from the first chunk.
 
 SD 1.x/2.x: the text encoder's ``last_hidden_state`` (its first output) is ``encoder_hidden_states``.
 
@@ -317,18 +325,33 @@ class PromptEncoder:
             pos_ids, neg_ids = self.time_ids(options, height, width)
             time_ids = np.stack([neg_ids] * n + [pos_ids] * n if plan.cfg else [pos_ids] * n)
         out = []
+        built: dict[tuple, dict[str, np.ndarray]] = {}  # [a|b] alternates between two, not per call
         for start, texts in plan.segments():
-            emb = np.stack(
-                [np.concatenate([e[t][0] for e, t in zip(embedded, row, strict=True)], -1) for row in texts]
-            )
-            feeds = {"encoder_hidden_states": emb}
-            if self.sdxl:
-                pooled = np.stack([embedded[-1][row[-1]][1] for row in texts])
-                if plan.zeros:
-                    emb = np.concatenate([np.zeros_like(emb), emb])
-                    pooled = np.concatenate([np.zeros_like(pooled), pooled])
-                feeds = {"encoder_hidden_states": emb, "text_embeds": pooled, "time_ids": time_ids}
-            if per_prompt > 1:  # prompt-major order
-                feeds = {k: np.repeat(v, per_prompt, axis=0) for k, v in feeds.items()}
-            out.append((start, feeds))
+            key = tuple(texts)
+            if key not in built:
+                built[key] = self._feeds(embedded, texts, plan.zeros, time_ids, per_prompt)
+            out.append((start, built[key]))
         return out
+
+    def _feeds(
+        self,
+        embedded: list[dict[str, tuple[np.ndarray, np.ndarray | None]]],
+        texts: list[tuple[str, ...]],
+        zeros: bool,
+        time_ids: np.ndarray | None,
+        per_prompt: int,
+    ) -> dict[str, np.ndarray]:
+        """The U-Net's text inputs for one text per stream and encoder."""
+        emb = np.stack(
+            [np.concatenate([e[t][0] for e, t in zip(embedded, row, strict=True)], -1) for row in texts]
+        )
+        feeds = {"encoder_hidden_states": emb}
+        if self.sdxl:
+            pooled = np.stack([embedded[-1][row[-1]][1] for row in texts])
+            if zeros:
+                emb = np.concatenate([np.zeros_like(emb), emb])
+                pooled = np.concatenate([np.zeros_like(pooled), pooled])
+            feeds = {"encoder_hidden_states": emb, "text_embeds": pooled, "time_ids": time_ids}
+        if per_prompt > 1:  # prompt-major order
+            feeds = {k: np.repeat(v, per_prompt, axis=0) for k, v in feeds.items()}
+        return feeds
