@@ -387,3 +387,43 @@ def test_small_text_encoder_chunks_its_own_length():
     assert feeds["encoder_hidden_states"].shape[1] == 16 * len(chunks)
     with pytest.raises(ValueError, match=r"^prompt must be at most 42 chunks of 14 tokens"):
         pipe(" ".join(["red circle"] * 400), num_inference_steps=1)
+
+
+def test_embedding_vectors_stay_in_one_chunk(clip_tokenizer_dir):
+    from sdlite import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(clip_tokenizer_dir)
+    ids = tok.add_embedding("zqxthree", 3)
+    assert ids == [49408, 49409, 49410] and tok.knows("zqxthree")
+    first, second = chunk_prompt(tok, " ".join(["cat"] * 74) + " (zqxthree:1.5) dog")
+    assert first.ids[75] == tok.eos_token_id  # 74 cats, then the embedding would not fit
+    assert second.ids[1:5] == (*ids, tok.tokens(["dog"])[0][0])
+    assert second.weights[1:5] == (1.5, 1.5, 1.5, 1.0)
+
+
+def test_sdxl_prompt_editing_switches_pooled_output_too(models, monkeypatch):
+    pipe = models("sdxl")[0]
+    bound: list[dict] = []
+    bind = pipe.unet.bind_constant
+
+    def record(name, value):
+        bound.append({name: np.array(value)})
+        bind(name, value)
+
+    monkeypatch.setattr(pipe.unet, "bind_constant", record)
+    pipe(
+        "a [cat:dog:1] photo",
+        negative_prompt="ugly",
+        num_inference_steps=3,
+        height=64,
+        width=64,
+        sampler="euler",
+        output_type="latent",
+    )
+    pooled = [b["text_embeds"] for b in bound if "text_embeds" in b]
+    hidden = [b["encoder_hidden_states"] for b in bound if "encoder_hidden_states" in b]
+    assert len(pooled) == len(hidden) == 2  # bound before call 0, changed before call 2
+    for got_pooled, got_hidden, text in zip(pooled, hidden, ["a cat photo", "a dog photo"], strict=True):
+        want = ours_embed(pipe, text, "ugly")
+        np.testing.assert_allclose(got_pooled, want["text_embeds"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got_hidden, want["encoder_hidden_states"], atol=1e-5, rtol=0)
