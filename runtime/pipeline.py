@@ -216,6 +216,8 @@ class Pipeline:
         inpainting, as in diffusers.  SDXL only (``sdlite.conditioning``): ``prompt_2``,
         ``negative_prompt_2``, ``original_size``, ``crops_coords_top_left``, ``target_size``
         and, for refiners, ``aesthetic_score`` / ``negative_aesthetic_score``, as in diffusers.
+        Prompts read AUTOMATIC1111's syntax (``sdlite.conditioning``): weights, BREAK, long
+        prompts in 75-token chunks (at most ``prompt_encoder.max_chunks``), prompt editing.
         Not thread-safe: one call at a time per Pipeline.
         """
         # First line: locals() holds the arguments alone, so the signature stays their one list.
