@@ -1,4 +1,12 @@
-"""Prompt -> U-Net conditioning, as diffusers' SD and SDXL pipelines compute it.
+"""Prompt -> U-Net conditioning: AUTOMATIC1111's prompts on diffusers' SD and SDXL text encoders.
+
+Each text is chunked, weighted and scheduled as AUTOMATIC1111 does (``sdlite.prompt_encoding``:
+``(word:1.3)``, long prompts in 75-token chunks, ``BREAK``, ``[from:to:when]``, ``[a|b]``); a
+prompt of at most 75 tokens without that syntax is encoded exactly as diffusers encodes it.
+``plan`` tokenizes and checks every text before any model runs; ``encode`` runs the encoders
+once per distinct text and returns the inputs for each stretch of U-Net calls.  Textual
+inversion: ``load_textual_inversion`` (``sdlite.embeddings``).  SDXL: each encoder chunks and
+weights on its own; the pooled output is encoder 2's, from the first chunk.
 
 SD 1.x/2.x: the text encoder's ``last_hidden_state`` (its first output) is ``encoder_hidden_states``.
 
@@ -28,9 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from . import rules
+from .embeddings import load_embedding, token_table
 from .folder import ModelFolder
+from .prompt_encoding import TextPlan, chunk_tokens, empty_chunk, plan_texts, weigh
 from .sessions import Session
 from .tokenizer import CLIPTokenizer
 
@@ -59,14 +70,15 @@ class SDXLOptions:
 class TextEncoder:
     tokenizer: CLIPTokenizer
     session: Session
+    table: tuple[str, np.ndarray] | None = None  # (initializer, extended token table): embeddings
+    table_value: Any = None  # the OrtValue the session reads the table from; lives as long as it
 
     @property
     def input_name(self) -> str:
         inputs = self.session.inputs
         return "input_ids" if "input_ids" in inputs else next(iter(inputs))
 
-    def run(self, texts: list[str], outputs: list[str]) -> list[np.ndarray]:
-        ids = self.tokenizer(texts)
+    def run(self, ids: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
         feeds = {self.input_name: ids}
         if "attention_mask" in self.session.inputs:
             # diffusers calls CLIP without a mask: an all-ones mask is the same computation.
@@ -133,6 +145,10 @@ class PromptEncoder:
             self.encoder_2 = TextEncoder(tok2, make_session(folder.onnx["text_encoder_2"]))
             self.encoders.append(self.encoder_2)
         self.force_zeros = folder.force_zeros_for_empty_prompt
+        # A U-Net exported with a static sequence axis takes one chunk (77 tokens) only.
+        seq = unet.inputs["encoder_hidden_states"].shape[1:2]
+        self.static_tokens = int(seq[0]) if seq and rules.is_int(seq[0]) else None
+        self.max_chunks = rules.MAX_PROMPT_CHUNKS  # per prompt; assign another to change the limit
         self.n_time_ids = 0
         if not self.sdxl:
             if any(name in unet.inputs for name in SDXL_INPUTS):
@@ -162,6 +178,35 @@ class PromptEncoder:
             self.n_time_ids = 5 if folder.requires_aesthetics_score else 6
         if self.n_time_ids not in (5, 6):
             raise ValueError(f"unet/model.onnx: time_ids must hold 5 or 6 numbers, the graph says {dim}")
+
+    def load_textual_inversion(
+        self, path: str | Path, token: str | None, make_session: Callable[[Path, str, Any], Session]
+    ) -> str:
+        """Add an embedding to every text encoder (``sdlite.embeddings``); returns its name.
+
+        ``make_session(model, initializer, value)`` makes a text-encoder session whose
+        ``initializer`` is overridden by the OrtValue ``value``.
+        """
+        for enc in self.encoders:
+            if enc.table is None:
+                enc.table = token_table(enc.session.path, enc.tokenizer.vocab_size)
+        emb = load_embedding(path, token, [enc.table[1].shape[1] for enc in self.encoders])
+        if not emb.name.strip() or any(ch.isspace() for ch in emb.name):
+            raise ValueError(f"embedding name {emb.name!r}: a name is one word (no spaces); pass token=")
+        for enc in self.encoders:
+            if enc.tokenizer.knows(emb.name):
+                raise ValueError(
+                    f"embedding name {emb.name!r} is already a word of the tokenizer's vocabulary (or a "
+                    "loaded embedding), so prompts could not tell them apart; pass another token="
+                )
+        for enc, vectors in zip(self.encoders, emb.vectors, strict=True):
+            name, table = enc.table
+            table = np.concatenate([table, vectors.astype(table.dtype)])
+            value = ort.OrtValue.ortvalue_from_numpy(table)
+            session = make_session(enc.session.path, name, value)  # before any state changes
+            enc.tokenizer.add_embedding(emb.name, len(vectors))
+            enc.session, enc.table, enc.table_value = session, (name, table), value
+        return emb.name
 
     @property
     def refiner(self) -> bool:
@@ -214,48 +259,99 @@ class PromptEncoder:
             pos_ids = neg_ids = (*original, *crops, *target)
         return np.array(pos_ids, dtype=np.float32), np.array(neg_ids, dtype=np.float32)
 
-    def encode(
+    def plan(
         self,
         prompts: list[str],
         negatives: list[str],
         negative_given: bool,
         do_cfg: bool,
-        per_prompt: int,
         options: SDXLOptions,
-        height: int,
-        width: int,
-    ) -> dict[str, np.ndarray]:
-        """U-Net inputs that stay fixed over the loop; batch [uncond..., cond...] with guidance."""
-        if not self.sdxl:
-            enc = self.encoders[0]
-            (emb,) = enc.run(negatives + prompts if do_cfg else prompts, [enc.session.outputs[0]])
-            emb = np.repeat(emb, per_prompt, axis=0) if per_prompt > 1 else emb  # prompt-major order
-            return {"encoder_hidden_states": emb}
+        calls: int,
+    ) -> TextPlan:
+        """Tokenize and chunk every text of a call (``sdlite.prompt_encoding``), checking its length."""
+        zeros = self.sdxl and do_cfg and self.force_zeros and not negative_given
+        kinds = []
+        for name, texts in (("prompt", prompts), ("negative_prompt", negatives)):
+            per_encoder = [(name, texts)]
+            if len(self.encoders) == 2:  # encoder 2 reads prompt_2 (default: prompt)
+                given = getattr(options, f"{name}_2")
+                per_encoder.append((f"{name}_2" if given else name, _texts(f"{name}_2", given, texts)))
+            kinds.append([[(field, t[i]) for field, t in per_encoder] for i in range(len(prompts))])
+        streams = kinds[1] + kinds[0] if do_cfg and not zeros else kinds[0]
+        tokenizers = [e.tokenizer for e in self.encoders]
+        plan = plan_texts(tokenizers, streams, calls, zeros, do_cfg, self.max_chunks)
+        length = tokenizers[0].model_max_length
+        if self.static_tokens is not None and plan.k * length != self.static_tokens:
+            size = chunk_tokens(tokenizers[0])
+            raise rules.RuleError(
+                "prompt",
+                f"at most {size} tokens without BREAK, with its negative prompt: this model's U-Net was "
+                f"exported with a fixed text length of {self.static_tokens} tokens (a static sequence "
+                "axis); re-export it with a dynamic one for longer prompts",
+                f"{plan.k} chunks of {size} tokens",
+            )
+        return plan
 
-        prompts_2 = _texts("prompt_2", options.prompt_2, prompts)
-        negatives_2 = _texts("negative_prompt_2", options.negative_prompt_2, negatives)
-        zeros = do_cfg and self.force_zeros and not negative_given
-        encode_negatives = do_cfg and not zeros
-        n = len(prompts)
-        hidden, pooled = [], None
-        # diffusers zips [prompt, prompt_2] with the encoders: a refiner's only encoder gets prompt.
-        k = len(self.encoders)
-        texts_per_encoder = zip((prompts, prompts_2)[:k], (negatives, negatives_2)[:k], strict=True)
-        for enc, outputs, (texts, neg) in zip(self.encoders, self._outputs, texts_per_encoder, strict=True):
-            result = enc.run(neg + texts if encode_negatives else texts, outputs)
-            hidden.append(result[0].astype(np.float32, copy=False))
-            if len(result) > 1:
-                pooled = result[1].astype(np.float32, copy=False)
-        emb = np.concatenate(hidden, axis=-1)
-        assert pooled is not None
-        if zeros:
-            emb = np.concatenate([np.zeros_like(emb), emb])
-            pooled = np.concatenate([np.zeros_like(pooled), pooled])
-        pos_ids, neg_ids = self.time_ids(options, height, width)
-        ids = np.stack([pos_ids] * n)
-        if do_cfg:
-            ids = np.concatenate([np.stack([neg_ids] * n), ids])
-        out = {"encoder_hidden_states": emb, "text_embeds": pooled, "time_ids": ids}
-        if per_prompt > 1:
-            out = {k: np.repeat(v, per_prompt, axis=0) for k, v in out.items()}
+    def _embed(self, plan: TextPlan) -> list[dict[str, tuple[np.ndarray, np.ndarray | None]]]:
+        """Per encoder: text -> (its weighted chunks' outputs [k*77, D], first chunk's pooled output)."""
+        out = []
+        for e, enc in enumerate(self.encoders):
+            items = list(plan.chunks[e].items())
+            pad = empty_chunk(enc.tokenizer)
+            chunks = [c for _, cs in items for c in cs + [pad] * (plan.k - len(cs))]
+            names = self._outputs[e] if self.sdxl else [enc.session.outputs[0]]
+            result = enc.run(np.array([c.ids for c in chunks], dtype=np.int64), names)
+            hidden = result[0].astype(np.float32, copy=False)
+            pooled = result[1].astype(np.float32, copy=False) if len(result) > 1 else None
+            embedded = {}
+            for j, (text, _) in enumerate(items):
+                rows = range(j * plan.k, (j + 1) * plan.k)
+                weighted = [weigh(hidden[r], chunks[r]) for r in rows]
+                embedded[text] = (np.concatenate(weighted), None if pooled is None else pooled[rows[0]])
+            out.append(embedded)
         return out
+
+    def encode(
+        self, plan: TextPlan, per_prompt: int, options: SDXLOptions, height: int, width: int
+    ) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """(first model call, U-Net text inputs) for each stretch of calls where the texts hold.
+
+        Batch [uncond..., cond...] with guidance; one entry unless prompt editing changes a text.
+        """
+        embedded = self._embed(plan)
+        n = len(plan.streams) // 2 if plan.cfg and not plan.zeros else len(plan.streams)
+        time_ids = None
+        if self.sdxl:
+            pos_ids, neg_ids = self.time_ids(options, height, width)
+            time_ids = np.stack([neg_ids] * n + [pos_ids] * n if plan.cfg else [pos_ids] * n)
+        out = []
+        built: dict[tuple, dict[str, np.ndarray]] = {}  # [a|b] alternates between two, not per call
+        for start, texts in plan.segments():
+            key = tuple(texts)
+            if key not in built:
+                built[key] = self._feeds(embedded, texts, plan.zeros, time_ids, per_prompt)
+            out.append((start, built[key]))
+        return out
+
+    def _feeds(
+        self,
+        embedded: list[dict[str, tuple[np.ndarray, np.ndarray | None]]],
+        texts: list[tuple[str, ...]],
+        zeros: bool,
+        time_ids: np.ndarray | None,
+        per_prompt: int,
+    ) -> dict[str, np.ndarray]:
+        """The U-Net's text inputs for one text per stream and encoder."""
+        emb = np.stack(
+            [np.concatenate([e[t][0] for e, t in zip(embedded, row, strict=True)], -1) for row in texts]
+        )
+        feeds = {"encoder_hidden_states": emb}
+        if self.sdxl:
+            pooled = np.stack([embedded[-1][row[-1]][1] for row in texts])
+            if zeros:
+                emb = np.concatenate([np.zeros_like(emb), emb])
+                pooled = np.concatenate([np.zeros_like(pooled), pooled])
+            feeds = {"encoder_hidden_states": emb, "text_embeds": pooled, "time_ids": time_ids}
+        if per_prompt > 1:  # prompt-major order
+            feeds = {k: np.repeat(v, per_prompt, axis=0) for k, v in feeds.items()}
+        return feeds

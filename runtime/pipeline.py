@@ -35,7 +35,6 @@ encodes and decodes in tiles above ``sdlite.rules.VAE_WHOLE_MAX_PIXELS`` or when
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +85,7 @@ class Pipeline:
         self.folder = folder
         self.providers = providers
         self._options = session_options(providers, num_threads)
+        self._num_threads = num_threads
         self.unet = self._session(folder.onnx["unet"])
         # SD: one CLIP; SDXL: two (a refiner: text_encoder_2 only); see sdlite.conditioning.
         self.prompt_encoder = PromptEncoder(folder, self.unet, self._session)
@@ -146,6 +146,22 @@ class Pipeline:
 
     def _session(self, path: Path) -> Session:
         return Session(path, self.providers, self._options)
+
+    def load_textual_inversion(self, path: str | Path, token: str | None = None) -> str:
+        """Load a textual-inversion embedding (.safetensors, see ``sdlite.embeddings``).
+
+        Its name (``token``, else the one in the file, else the file's stem) then stands for
+        its vectors wherever it appears in a prompt.  Returns the name.
+        """
+
+        def make_session(model: Path, initializer: str, value: Any) -> Session:
+            options = session_options(self.providers, self._num_threads)
+            options.add_initializer(initializer, value)
+            return Session(model, self.providers, options)
+
+        name = self.prompt_encoder.load_textual_inversion(path, token, make_session)
+        self.text_encoder = self.prompt_encoder.encoders[0].session
+        return name
 
     # --- what the graphs fix (sdlite.graph), under the names callers know ---------------------
 
@@ -267,37 +283,37 @@ class Pipeline:
             return lat.image_to_image(req, encode), None
         return lat.text_to_image(req), None
 
-    def _condition(self, req: Request) -> None:
-        """Bind the inputs that stay fixed over the loop: the text (+ SDXL's), LCM's guidance."""
-        text = self.prompt_encoder.encode(
-            req.prompts,
-            req.negatives,
-            req.negative_given,
-            req.cfg,
-            req.per_prompt,
-            req.sdxl,
-            req.height,
-            req.width,
-        )
-        for name, value in text.items():  # encoder_hidden_states (+ SDXL's text_embeds, time_ids)
+    def _condition(self, req: Request) -> dict[int, dict[str, np.ndarray]]:
+        """Bind the text (+ SDXL's) and LCM's guidance; return the later calls' text changes."""
+        segments = self.prompt_encoder.encode(req.text, req.per_prompt, req.sdxl, req.height, req.width)
+        for name, value in segments[0][1].items():  # encoder_hidden_states (+ text_embeds, time_ids)
             self.unet.bind_constant(name, value)
         if self.graph.time_cond_dim is not None:
             embedding = guidance_embedding(req.guidance, req.batch, self.graph.time_cond_dim)
             self.unet.bind_constant(TIMESTEP_COND, embedding)
+        return dict(segments[1:])  # prompt editing: call -> the text inputs from that call on
 
     def _denoise(self, req: Request, x: np.ndarray, inpainting: Inpainting | None) -> tuple[np.ndarray, bool]:
         """Run the sampler over ``req.timesteps``; True with the latents so far when cancelled."""
         try:
-            self._condition(req)
-            return self._loop(req, x, inpainting)
+            text_changes = self._condition(req)
+            return self._loop(req, x, inpainting, text_changes)
         finally:
             self.unet.clear_constants()
 
-    def _loop(self, req: Request, x: np.ndarray, inpainting: Inpainting | None) -> tuple[np.ndarray, bool]:
+    def _loop(
+        self,
+        req: Request,
+        x: np.ndarray,
+        inpainting: Inpainting | None,
+        text_changes: dict[int, dict[str, np.ndarray]],
+    ) -> tuple[np.ndarray, bool]:
         scheduler, timesteps, total = req.scheduler, req.timesteps, len(req.timesteps)
         stochastic = is_stochastic(scheduler)
         t_feeds = self._timestep_feeds(req)
         for i, t in enumerate(timesteps):
+            for name, value in text_changes.get(i, {}).items():
+                self.unet.bind_constant(name, value)
             pred = self._predict(req, scheduler.scale_model_input(x, t), t_feeds[i], inpainting)
             if req.preview is not None and ((i + 1) % req.preview_every == 0 or i + 1 == total):
                 self._preview(req, i + 1, total, pv.denoised(scheduler, x, pred))
@@ -317,18 +333,8 @@ class Pipeline:
     def preview_map(self) -> pv.PreviewMap:
         """The latent -> RGB map of previews: cached beside the model, else fitted on first use."""
         if self._preview_map is None:
-            g, onnx = self.graph, self.folder.onnx["vae_decoder"]
-            h, w = g.static_size
-            cells = (h // g.vae_factor, w // g.vae_factor) if h and w else (pv.FIT_CELLS, pv.FIT_CELLS)
-            source = f"{onnx.parent.name}/{onnx.name}: {onnx.stat().st_size} bytes"
-            batch = math.lcm(g.decoder_batch or 1, g.encoder_batch or 1)
-            encode = None if self.vae.encoder is None else self._fit_encode
-            dec = pv.Decoder(self.vae.decode, g.latent_channels, g.vae_factor, cells, batch, source, encode)
-            self._preview_map = pv.for_folder(self.folder.path, dec)
+            self._preview_map = pv.for_pipeline(self.graph, self.folder, self.vae)
         return self._preview_map
-
-    def _fit_encode(self, pixels: np.ndarray) -> np.ndarray:
-        return self.vae.encode(pixels, [np.random.default_rng(i) for i in range(len(pixels))])
 
     def _timestep_feeds(self, req: Request) -> list[np.ndarray]:
         # Made before the loop: after each U-Net call the caches are cold and every numpy call

@@ -164,6 +164,29 @@ def for_folder(folder: Path, dec: Decoder) -> PreviewMap:
     return fitted
 
 
+def for_pipeline(graph: Any, folder: Any, vae: Any) -> PreviewMap:
+    """The map for a loaded pipeline: its graph facts, model folder and ``sdlite.vae.VAE``."""
+    g, onnx = graph, folder.onnx["vae_decoder"]
+    h, w = g.static_size
+    cells = (h // g.vae_factor, w // g.vae_factor) if h and w else (FIT_CELLS, FIT_CELLS)
+    source = f"{onnx.parent.name}/{onnx.name}: {onnx.stat().st_size} bytes"
+    batch = math.lcm(g.decoder_batch or 1, g.encoder_batch or 1)
+
+    def encode(pixels: np.ndarray) -> np.ndarray:
+        return vae.encode(pixels, [np.random.default_rng(i) for i in range(len(pixels))])
+
+    dec = Decoder(
+        vae.decode,
+        g.latent_channels,
+        g.vae_factor,
+        cells,
+        batch,
+        source,
+        None if vae.encoder is None else encode,
+    )
+    return for_folder(folder.path, dec)
+
+
 def denoised(scheduler: Any, x: np.ndarray, model_output: np.ndarray) -> np.ndarray:
     """The data prediction x0 at the scheduler's current call, in the caller's latent scale."""
     sigmas, k = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)

@@ -18,6 +18,7 @@ from . import inpaint as inp
 from . import rules
 from .conditioning import PromptEncoder, SDXLOptions
 from .graph import Graph
+from .prompt_encoding import TextPlan
 from .rules import Preset, RuleError
 from .samplers import Scheduler
 from .samplers.names import A1111, DIFFUSERS_CLASSES, normalize
@@ -44,6 +45,8 @@ class Arguments:
     ``sdlite.rules.VAE_WHOLE_MAX_PIXELS``, True / False force it; ``vae_tile_size`` (pixels,
     default ``Pipeline.vae_tile_size``) as diffusers' tile (``sdlite.vae``).
     ``loras``: LoRA name -> weight for this call (see ``load_lora_weights``); None or {}: none.
+    Prompts read AUTOMATIC1111's syntax (``sdlite.conditioning``): weights, BREAK, long prompts
+    in 75-token chunks (at most ``prompt_encoder.max_chunks``), prompt editing.
     """
 
     prompt: Any
@@ -117,6 +120,7 @@ class Request:
     preview: Callable[[int, int, Any], Any] | None  # preview(step, total, PIL image)
     preview_every: int
     vae_tile: int | None  # the VAE's tile side in pixels; None: whole images
+    text: TextPlan  # the prompts' chunks and schedule (sdlite.prompt_encoding), texts as written above
 
     @property
     def batch(self) -> int:
@@ -145,9 +149,7 @@ def resolve(
     guidance = rules.check_float("guidance_scale", guidance, *rules.GUIDANCE_RANGE)
     per_prompt = rules.check_images(a.num_images_per_prompt, len(prompts))
     output_type = rules.check_choice("output_type", a.output_type, rules.OUTPUT_TYPES)
-    if a.callback is not None and not callable(a.callback):
-        raise RuleError("callback", "callable(step, total, latents) or None", a.callback)
-    preview_every = rules.check_preview(a.preview, a.preview_every)
+    preview_every = _callbacks(a)
     scheduler = rules.scheduler_for(sampler, options, scheduler_config)
     init_images, masks, strength, kept = _images(a, graph, can_encode, len(prompts), steps)
     height, width = _size(a, graph, init_images, max_pixels, len(prompts) * per_prompt)
@@ -158,10 +160,13 @@ def resolve(
     cfg = guidance > 1.0 and graph.time_cond_dim is None
     _check_batches(graph, len(prompts) * per_prompt, cfg, init_images is not None)
     vae_tile = _vae_tile(a, graph, height, width, vae_tile_size)
+    timesteps = _timesteps(scheduler, steps, kept)
+    negative_given = a.negative_prompt is not None
+    text = prompt_encoder.plan(prompts, negatives, negative_given, cfg, a.sdxl_options(), len(timesteps))
     return Request(
         prompts=prompts,
         negatives=negatives,
-        negative_given=a.negative_prompt is not None,
+        negative_given=negative_given,
         sdxl=a.sdxl_options(),
         per_prompt=per_prompt,
         steps=steps,
@@ -170,7 +175,7 @@ def resolve(
         sampler=sampler,
         sampler_options=options or {},
         scheduler=scheduler,
-        timesteps=_timesteps(scheduler, steps, kept),
+        timesteps=timesteps,
         height=height,
         width=width,
         latent_shape=shape,
@@ -185,7 +190,15 @@ def resolve(
         preview=a.preview,
         preview_every=preview_every,
         vae_tile=vae_tile,
+        text=text,
     )
+
+
+def _callbacks(a: Arguments) -> int:
+    """Check the progress and preview callbacks; returns how often previews come."""
+    if a.callback is not None and not callable(a.callback):
+        raise RuleError("callback", "callable(step, total, latents) or None", a.callback)
+    return rules.check_preview(a.preview, a.preview_every)
 
 
 def _sampling(a: Arguments, preset: Preset) -> tuple[Any, Any, Any, Any]:

@@ -28,6 +28,12 @@ MAX_STEPS = 1000
 # Images per call or request (prompts x images per prompt): more is a batch job, not a call.
 MAX_IMAGES = 64
 MAX_PROMPT_CHARS = 32000  # OpenAI's images API limit; CLIP reads only the first 77 tokens anyway
+# AUTOMATIC1111's long prompts: chunks of 75 tokens (+ start/end = CLIP's 77), a chunk that would
+# split mid-phrase goes back to the last comma within 20 tokens.  Each chunk is one text-encoder
+# row and 77 more U-Net cross-attention keys; 8 chunks (600 tokens) is the default limit.
+CHUNK_TOKENS = 75
+COMMA_BACKTRACK = 20
+MAX_PROMPT_CHUNKS = 8
 GUIDANCE_RANGE = (0.0, 100.0)
 STRENGTH_RANGE = (0.0, 1.0)  # open below: strength 0 would run no step
 # Image sides are multiples of the VAE's factor x the U-Net's downsampling: 8 x 1 for the
@@ -194,6 +200,18 @@ def check_prompts(field: str, value: Any, max_chars: int = MAX_PROMPT_CHARS) -> 
     if isinstance(value, (list, tuple)) and value and all(isinstance(p, str) for p in value):
         return [check_text(field, p, max_chars) for p in value]
     raise RuleError(field, "a string or a non-empty list of strings", value)
+
+
+def check_chunks(field: str, chunks: int, limit: int = MAX_PROMPT_CHUNKS, size: int = CHUNK_TOKENS) -> int:
+    """A prompt's number of chunks of ``size`` tokens (``BREAK`` starts a new one) at most ``limit``."""
+    if chunks > limit:
+        raise RuleError(
+            field,
+            f"at most {limit} chunks of {size} tokens ({limit * size} tokens; BREAK starts a new chunk); "
+            "shorten it",
+            f"{chunks} chunks",
+        )
+    return chunks
 
 
 def check_seeds(value: Any, n: int, field: str = "seed") -> list[int]:

@@ -160,12 +160,25 @@ class CLIPTokenizer:
         pad_token: str,
         model_max_length: int = 77,
         prenormalizer: normalizers.Normalizer | None = None,
+        bos_token: str = _DEFAULTS["bos_token"],
+        eos_token: str = _DEFAULTS["eos_token"],
     ) -> None:
-        pad_id = tokenizer.token_to_id(pad_token)
-        if pad_id is None:
-            raise ValueError(f"pad_token {pad_token!r} is not in the tokenizer's vocabulary")
+        ids = {}
+        for name, token in (("pad_token", pad_token), ("bos_token", bos_token), ("eos_token", eos_token)):
+            ids[name] = tokenizer.token_to_id(token)
+            if ids[name] is None:
+                raise ValueError(f"{name} {token!r} is not in the tokenizer's vocabulary")
         self.model_max_length = model_max_length
-        self.pad_token, self.pad_token_id = pad_token, pad_id
+        self.pad_token, self.pad_token_id = pad_token, ids["pad_token"]
+        self.bos_token_id, self.eos_token_id = ids["bos_token"], ids["eos_token"]
+        self.comma_token_id = tokenizer.token_to_id(",</w>")  # None for a vocabulary without it
+        # Unpadded, untruncated copy: prompt chunking (sdlite.prompt_encoding) needs every token.
+        self._plain = Tokenizer.from_str(tokenizer.to_str())
+        self._plain.no_padding()
+        self._plain.no_truncation()
+        # Textual inversion: an embedding's first token id -> all its ids (sdlite.embeddings).
+        self.expansions: dict[int, tuple[int, ...]] = {}
+        pad_id = ids["pad_token"]
         self._tok = tokenizer
         self._pre = prenormalizer
         self._tok.enable_truncation(model_max_length)
@@ -190,18 +203,47 @@ class CLIPTokenizer:
             raise FileNotFoundError(
                 f"tokenizer folder {str(d)!r} has neither vocab.json + merges.txt nor tokenizer.json"
             )
-        return cls(tok, cfg["pad_token"], cfg["model_max_length"], pre)
+        return cls(tok, cfg["pad_token"], cfg["model_max_length"], pre, cfg["bos_token"], cfg["eos_token"])
+
+    def _normalize(self, prompts: Sequence[str]) -> list[str]:
+        if self._pre is None:
+            return list(prompts)
+        # Python's lower() after the clean-up, as the slow tokenizer does: it applies Unicode's
+        # final-sigma rule (Σ -> ς at a word's end), where tokenizers' Lowercase maps Σ -> σ
+        # everywhere; and "<|ENDOFTEXT|>" then matches the special token, as it does there.
+        return [self._pre.normalize_str(p).lower() for p in prompts]
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def knows(self, word: str) -> bool:
+        """Whether ``word`` is already a token (as a whole word, or an added token)."""
+        word = self._normalize([word])[0]
+        return any(self._tok.token_to_id(t) is not None for t in (word, f"{word}</w>"))
+
+    def add_embedding(self, name: str, vectors: int) -> list[int]:
+        """Add ``name`` (and ``name_1`` .. as diffusers does) as tokens; return their new ids."""
+        names = [self._normalize([name])[0]] + [f"{name}_{i}".lower() for i in range(1, vectors)]
+        first = self.vocab_size
+        for tok in (self._tok, self._plain):
+            tok.add_tokens([AddedToken(n, normalized=False, special=False) for n in names])
+        ids = [self._tok.token_to_id(n) for n in names]
+        if ids != list(range(first, first + vectors)):
+            raise ValueError(f"embedding name {name!r}: its tokens could not be added ({names})")
+        self.expansions[ids[0]] = tuple(ids)
+        return ids
+
+    def tokens(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids, without start/end tokens, padding or truncation."""
+        return [self._plain.encode(t, add_special_tokens=False).ids for t in self._normalize(texts)]
 
     def __call__(self, prompts: str | Sequence[str]) -> np.ndarray:
         if isinstance(prompts, str):
             prompts = [prompts]
         if not all(isinstance(p, str) for p in prompts):
             raise TypeError("prompts must be a string or a list of strings")
-        if self._pre is not None:
-            # Python's lower() after the clean-up, as the slow tokenizer does: it applies Unicode's
-            # final-sigma rule (Σ -> ς at a word's end), where tokenizers' Lowercase maps Σ -> σ
-            # everywhere; and "<|ENDOFTEXT|>" then matches the special token, as it does there.
-            prompts = [self._pre.normalize_str(p).lower() for p in prompts]
+        prompts = self._normalize(prompts)
         # encode() in a loop, not encode_batch(): a handful of prompts is faster without the
         # thread pool (0.03 ms vs 0.3-0.6 ms per call, measured), and this is time outside ONNX.
         encodings = [self._tok.encode(p) for p in prompts]

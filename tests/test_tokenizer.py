@@ -191,3 +191,16 @@ def test_missing_files_are_named(tmp_path):
         CLIPTokenizer.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         CLIPTokenizer.from_pretrained(tmp_path / "nope")
+
+
+def test_tokens_without_specials_padding_or_truncation(tmp_path, clip_tokenizer_dir):
+    from transformers import CLIPTokenizer as Slow
+
+    ours = CLIPTokenizer.from_pretrained(clip_tokenizer_dir)
+    slow = Slow(str(clip_tokenizer_dir / "vocab.json"), str(clip_tokenizer_dir / "merges.txt"))
+    texts = ["a photo of a cat", "", "Σίσυφος, 日本 (red:1.2)", " ".join(["word"] * 200)]
+    want = slow(texts, add_special_tokens=False, truncation=False)["input_ids"]
+    assert ours.tokens(texts) == want
+    assert len(ours.tokens(texts)[3]) == 200
+    assert (ours.bos_token_id, ours.eos_token_id) == (slow.bos_token_id, slow.eos_token_id)
+    assert ours.comma_token_id == slow.get_vocab()[",</w>"]
