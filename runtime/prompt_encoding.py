@@ -60,7 +60,7 @@ def empty_chunk(tok: CLIPTokenizer) -> Chunk:
 
 def chunk_prompt(tok: CLIPTokenizer, text: str, field: str = "prompt") -> list[Chunk]:
     """A prompt's chunks (at least one), by AUTOMATIC1111's rules (module docstring)."""
-    parsed = parse_prompt_attention(text, field)
+    parsed = parse_prompt_attention(text, field=field)
     size, backtrack = chunk_tokens(tok), rules.COMMA_BACKTRACK
     chunks: list[Chunk] = []
     tokens: list[int] = []
