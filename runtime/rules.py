@@ -28,6 +28,10 @@ MAX_STEPS = 1000
 # Images per call or request (prompts x images per prompt): more is a batch job, not a call.
 MAX_IMAGES = 64
 MAX_PROMPT_CHARS = 32000  # OpenAI's images API limit; CLIP reads only the first 77 tokens anyway
+# A name a client sends (sampler, schedule, model, task id): the longest sampler name is ~30.
+MAX_NAME_CHARS = 128
+# An error echoes at most this much of a bad value: a 1 MB prompt is refused in a few hundred bytes.
+MAX_ECHO_CHARS = 200
 GUIDANCE_RANGE = (0.0, 100.0)
 STRENGTH_RANGE = (0.0, 1.0)  # open below: strength 0 would run no step
 # Image sides are multiples of the VAE's factor x the U-Net's downsampling: 8 x 1 for the

@@ -22,9 +22,11 @@ from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from PIL import Image, PngImagePlugin
+from starlette.exceptions import HTTPException
 
 from .. import images, rules
 from ..rules import RuleError
@@ -176,7 +178,7 @@ def _a1111_info(req: A1111Txt2Img, result: JobResult, server: Server, key: Batch
         "is_using_inpainting_conditioning": False,
         "version": f"sdlite {sdlite_version}",
     }
-    return json.dumps(info)
+    return json.dumps(info, ensure_ascii=False)  # non-ASCII prompts: 1-3 bytes a character, not 6-12
 
 
 def _a1111_samplers() -> list[dict[str, Any]]:
@@ -201,20 +203,48 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _clipped(value: Any) -> Any:
+    """An echoed input cut short: a 1 MB prompt or a body of 10,000 items is refused in a few KB."""
+    n = rules.MAX_ECHO_CHARS
+    if isinstance(value, str) and len(value) > n:
+        return f"{value[:n]}... ({len(value)} characters)"
+    if isinstance(value, dict):
+        return {k: _clipped(v) for k, v in list(value.items())[:20]}
+    if isinstance(value, (list, tuple)):
+        return [_clipped(v) for v in value[:20]]
+    return value
+
+
+def _error_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {k: _clipped(v) if k in ("input", "ctx") else v for k, v in err.items()}
+        for err in _json_safe(jsonable_encoder(errors))
+    ]
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     """422 in FastAPI's shape for the rules checked here (``jobs.py``) as for pydantic's."""
 
     async def rule_broken(request: Request, err: Exception) -> JSONResponse:
         assert isinstance(err, RuleError)
         detail = [{"type": "value_error", "loc": ["body", err.field], "msg": str(err), "input": err.value}]
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(detail))}, status_code=422)
+        return JSONResponse({"detail": _error_detail(detail)}, status_code=422)
 
     async def invalid_body(request: Request, err: Exception) -> JSONResponse:
         assert isinstance(err, RequestValidationError)
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(err.errors()))}, status_code=422)
+        return JSONResponse({"detail": _error_detail(list(err.errors()))}, status_code=422)
+
+    async def http_error(request: Request, err: Exception) -> Response:
+        assert isinstance(err, HTTPException)
+        if isinstance(err.__cause__, UnicodeDecodeError):  # FastAPI's 400 for a body not in UTF-8
+            msg = f"the body is not UTF-8 JSON: {err.__cause__}"
+            detail = [{"type": "json_invalid", "loc": ["body"], "msg": msg}]
+            return JSONResponse({"detail": detail}, status_code=422)  # as for any other bad JSON
+        return await http_exception_handler(request, err)
 
     app.add_exception_handler(RuleError, rule_broken)
     app.add_exception_handler(RequestValidationError, invalid_body)
+    app.add_exception_handler(HTTPException, http_error)
 
 
 async def _respond_a1111(request: Request, server: Server, req: A1111Txt2Img, job: Job) -> Any:
@@ -320,7 +350,8 @@ def _add_info_routes(app: FastAPI, server: Server) -> None:
     async def options() -> Any:
         return {"sd_model_checkpoint": server.model_name}  # the one setting clients read
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    @app.head("/health", operation_id="health_head")  # its own id: the document's ids are unique
+    @app.get("/health")
     async def health() -> Any:
         return {
             "status": "ok",
@@ -337,11 +368,12 @@ def _add_info_routes(app: FastAPI, server: Server) -> None:
             },
         }
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)  # documented as text, as it is
     async def metrics() -> Response:
         return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
+    @app.head("/", response_class=HTMLResponse, operation_id="page_head")
+    @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
