@@ -12,7 +12,6 @@ import asyncio
 import base64
 import io
 import json
-import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,19 +20,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from PIL import Image, PngImagePlugin
-from starlette.exceptions import HTTPException
 
 from .. import images, rules
-from ..rules import RuleError
 from ..samplers import SAMPLERS
 from ..samplers.names import A1111
 from . import jobs
 from .batcher import Batcher, BatchKey, Interrupted, Job, JobResult, QueueFull, TaskIdInUse
+from .errors import add_error_handlers
 from .guards import guard
 from .metrics import CONTENT_TYPE, Metrics
 from .schemas import A1111Img2Img, A1111Txt2Img, OpenAIImages
@@ -189,64 +185,6 @@ def _a1111_samplers() -> list[dict[str, Any]]:
     ]
 
 
-def _json_safe(value: Any) -> Any:
-    """An error's echoed input without what JSON in UTF-8 cannot carry (a 500 otherwise): NaN/inf
-    floats become their repr, lone surrogates a \\udXXX escape."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _clipped(value: Any) -> Any:
-    """An echoed input cut short: a 1 MB prompt or a body of 10,000 items is refused in a few KB."""
-    n = rules.MAX_ECHO_CHARS
-    if isinstance(value, str) and len(value) > n:
-        return f"{value[:n]}... ({len(value)} characters)"
-    if isinstance(value, dict):
-        return {k: _clipped(v) for k, v in list(value.items())[:20]}
-    if isinstance(value, (list, tuple)):
-        return [_clipped(v) for v in value[:20]]
-    return value
-
-
-def _error_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {k: _clipped(v) if k in ("input", "ctx") else v for k, v in err.items()}
-        for err in _json_safe(jsonable_encoder(errors))
-    ]
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    """422 in FastAPI's shape for the rules checked here (``jobs.py``) as for pydantic's."""
-
-    async def rule_broken(request: Request, err: Exception) -> JSONResponse:
-        assert isinstance(err, RuleError)
-        detail = [{"type": "value_error", "loc": ["body", err.field], "msg": str(err), "input": err.value}]
-        return JSONResponse({"detail": _error_detail(detail)}, status_code=422)
-
-    async def invalid_body(request: Request, err: Exception) -> JSONResponse:
-        assert isinstance(err, RequestValidationError)
-        return JSONResponse({"detail": _error_detail(list(err.errors()))}, status_code=422)
-
-    async def http_error(request: Request, err: Exception) -> Response:
-        assert isinstance(err, HTTPException)
-        if isinstance(err.__cause__, UnicodeDecodeError):  # FastAPI's 400 for a body not in UTF-8
-            msg = f"the body is not UTF-8 JSON: {err.__cause__}"
-            detail = [{"type": "json_invalid", "loc": ["body"], "msg": msg}]
-            return JSONResponse({"detail": detail}, status_code=422)  # as for any other bad JSON
-        return await http_exception_handler(request, err)
-
-    app.add_exception_handler(RuleError, rule_broken)
-    app.add_exception_handler(RequestValidationError, invalid_body)
-    app.add_exception_handler(HTTPException, http_error)
-
-
 async def _respond_a1111(request: Request, server: Server, req: A1111Txt2Img, job: Job) -> Any:
     result = await server.generate(request, job)
     if isinstance(result, Response):
@@ -393,7 +331,7 @@ def create_app(pipe: Any, settings: Settings | None = None) -> Any:
 
     app = FastAPI(title="sdlite", version=sdlite_version, lifespan=lifespan)
     app.state.server = server
-    _add_error_handlers(app)
+    add_error_handlers(app)
     _add_generation_routes(app, server)
     _add_progress_routes(app, server)
     _add_info_routes(app, server)
