@@ -32,7 +32,7 @@ from sdlite.server.schemas import A1111Img2Img, A1111Txt2Img, OpenAIImages
 GENERATION = {"/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/v1/images/generations"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 SMALL_STEPS, SMALL_SIDE, SMALL_COUNT = 2, 64, 2
-FEW, MANY = 60, 150  # cases per generation route, per other route
+FEW, MANY = 120, 300  # cases per generation route, per other route
 
 
 def _pipe() -> Any:
