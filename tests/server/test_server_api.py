@@ -209,9 +209,9 @@ def _bomb_png() -> str:
     return base64.b64encode(bytes(raw)).decode()
 
 
-def _small_png() -> str:
+def _small_png(side: int = 64) -> str:
     buf = io.BytesIO()
-    Image.new("RGB", (64, 64), "red").save(buf, format="PNG")
+    Image.new("RGB", (side, side), "red").save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -239,6 +239,9 @@ FIELD_TABLE = [
     (IMG, json.dumps({"init_images": [_small_png()], "denoising_strength": 0.1, "steps": 2}),
      ["denoising_strength"]),
     (IMG, json.dumps({"init_images": [_bomb_png()]}), ["init_images", 0]),
+    # Over the pixel budget by the init image's own size (no width or height sent):
+    (IMG, json.dumps({"init_images": [_small_png(2048)]}), ["init_images"]),
+    (IMG, json.dumps({"init_images": [_small_png(2048)], "width": 2048}), ["width"]),
     (OAI, '{"guidance_scale": NaN}', ["guidance_scale"]),
     (OAI, '{"guidance_scale": -1}', ["guidance_scale"]),
     (OAI, '{"n": 0}', ["n"]),
@@ -257,7 +260,7 @@ def test_field_errors_name_the_field_the_client_sent(server):
     for route, raw, loc in FIELD_TABLE:
         # Sent as raw text: NaN and lone surrogates arrive as clients send them.
         text = raw if '"prompt"' in raw else raw.replace("{", '{"prompt": "x", ', 1)
-        r = httpx.post(f"{server.url}{route}", content=text.encode(), headers=JSON)
+        r = httpx.post(f"{server.url}{route}", content=text.encode(), headers=JSON, timeout=30)
         assert r.status_code == 422, (route, raw[:80], r.status_code, r.text[:300])
         detail = r.json()["detail"]
         assert [d["loc"] for d in detail] == [["body", *loc]], (route, raw[:80], detail)
