@@ -1,5 +1,6 @@
 """Fuzzing: the server's own OpenAPI document (schemathesis) against the app in-process with the demo
-model, and random JSON for every field of the request models (hypothesis).
+model; random JSON for every field of the request models and mutated image files for the image
+inputs (hypothesis).
 
 Zero 5xx and zero schema violations on every route: each case's response must be one the document
 declares (FastAPI documents 200 and 422 for each route) with the body it declares.  Generation
@@ -10,6 +11,8 @@ refuse as they are).  Generation routes run fewer cases than the cheap ones.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 from typing import Any
@@ -18,6 +21,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from pydantic import BaseModel, ValidationError
 from schemathesis.checks import (
     content_type_conformance,
@@ -25,7 +29,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from sdlite import rules
+from sdlite import images, rules
 from sdlite.server.app import Settings, create_app
 from sdlite.server.schemas import A1111Img2Img, A1111Txt2Img, OpenAIImages
 
@@ -129,3 +133,38 @@ def test_request_models_take_any_json_to_a_model_or_a_validation_error(model):
                 value.encode("utf-8")  # no lone surrogate reaches a response or a PNG chunk
 
     check()
+
+
+# --- hypothesis: image inputs (what img2img's init_images decode) ---------------------------------
+
+
+def _encoded(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 16), "blue").save(buf, format=fmt)
+    return buf.getvalue()
+
+
+SEEDS = [_encoded(fmt) for fmt in ("PNG", "JPEG", "WEBP")]
+
+
+@st.composite
+def _mutated_images(draw: st.DrawFn) -> bytes:
+    """A valid file with bytes overwritten, cut short or extended: headers that lie included."""
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(0, 6))):
+        at = draw(st.integers(0, len(data) - 1))
+        data[at : at + 4] = draw(st.binary(min_size=1, max_size=4))
+    cut = draw(st.integers(8, len(data)))
+    return bytes(data[:cut]) + draw(st.binary(max_size=16))
+
+
+@given(data=_mutated_images() | st.binary(max_size=64))
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+def test_image_inputs_decode_or_raise_an_image_input_error(data):
+    text = base64.b64encode(data).decode()
+    try:
+        out = images.read_base64_images([text], "init_images", rules.MAX_INPUT_PIXELS)
+    except images.ImageInputError as err:
+        assert str(err).startswith("init_images"), err  # names the field for the 422
+        return
+    assert out[0].mode == "RGB" and out[0].width * out[0].height <= rules.MAX_INPUT_PIXELS
