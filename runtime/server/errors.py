@@ -68,10 +68,13 @@ def add_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, err: Exception) -> Response:
         assert isinstance(err, HTTPException)
-        if isinstance(err.__cause__, UnicodeDecodeError):  # FastAPI's 400 for a body not in UTF-8
-            msg = f"the body is not UTF-8 JSON: {err.__cause__}"
+        # FastAPI's 400 for a body its JSON parser fails on other than by syntax: not UTF-8, nested
+        # past the recursion limit, an integer of more than 4300 digits.  A 422, as for bad syntax.
+        cause = err.__cause__
+        if err.status_code == 400 and isinstance(cause, (ValueError, RecursionError)):
+            msg = f"the body is not readable JSON: {type(cause).__name__}: {cause}"[: rules.MAX_ECHO_CHARS]
             detail = [{"type": "json_invalid", "loc": ["body"], "msg": msg}]
-            return JSONResponse({"detail": detail}, status_code=422)  # as for any other bad JSON
+            return JSONResponse({"detail": detail}, status_code=422)
         return await http_exception_handler(request, err)
 
     app.add_exception_handler(RuleError, rule_broken)

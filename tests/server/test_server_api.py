@@ -297,3 +297,16 @@ def test_a1111_info_writes_non_ascii_prompts_as_utf8_not_escapes(server):
     # The prompt appears once, once per image in all_prompts and once per image in infotexts.
     copies = 1 + 2 * n
     assert len(info.encode("utf-8")) <= copies * len(prompt.encode("utf-8")) + 4096
+
+
+def test_bodies_json_cannot_read_get_422_not_400(server):
+    for raw in (
+        b'{"prompt": "\xff\xfe"}',  # not UTF-8
+        b"[" * 100_000 + b"]" * 100_000,  # nested past Python's recursion limit
+        b'{"prompt": "x", "seed": 1' + b"0" * 5000 + b"}",  # an int past Python's 4300 digits
+        b'{"prompt": "x", "steps": ',  # cut short
+    ):
+        r = httpx.post(f"{server.url}{TXT}", content=raw, headers=JSON, timeout=30)
+        assert r.status_code == 422, (raw[:40], r.status_code, r.text[:200])
+        detail = r.json()["detail"]
+        assert detail[0]["loc"][0] == "body" and len(r.content) < 4096, (raw[:40], detail)
