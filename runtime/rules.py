@@ -27,13 +27,20 @@ MAX_SEED = 2**64 - 1
 MAX_STEPS = 1000
 # Images per call or request (prompts x images per prompt): more is a batch job, not a call.
 MAX_IMAGES = 64
-MAX_PROMPT_CHARS = 32000  # OpenAI's images API limit; CLIP reads only the first 77 tokens anyway
+# A prompt's characters: 8 chunks of 75 tokens (MAX_PROMPT_CHUNKS) take ~2,500 characters of
+# English, so 8,000 leaves room for syntax and other scripts.  It also bounds a server's answer:
+# AUTOMATIC1111's shape repeats the prompts once per image (64 x 2 x 8,000 characters).
+MAX_PROMPT_CHARS = 8000
 # AUTOMATIC1111's long prompts: chunks of 75 tokens (+ start/end = CLIP's 77), a chunk that would
 # split mid-phrase goes back to the last comma within 20 tokens.  Each chunk is one text-encoder
 # row and 77 more U-Net cross-attention keys; 8 chunks (600 tokens) is the default limit.
 CHUNK_TOKENS = 75
 COMMA_BACKTRACK = 20
 MAX_PROMPT_CHUNKS = 8
+# A name a client sends (sampler, schedule, model, task id): the longest sampler name is ~30.
+MAX_NAME_CHARS = 128
+# An error echoes at most this much of a bad value: a 1 MB prompt is refused in a few hundred bytes.
+MAX_ECHO_CHARS = 200
 GUIDANCE_RANGE = (0.0, 100.0)
 STRENGTH_RANGE = (0.0, 1.0)  # open below: strength 0 would run no step
 # Image sides are multiples of the VAE's factor x the U-Net's downsampling: 8 x 1 for the

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import io
 import json
-import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,17 +20,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from PIL import Image, PngImagePlugin
 
 from .. import images, rules
-from ..rules import RuleError
 from ..samplers import SAMPLERS
 from ..samplers.names import A1111
 from . import jobs
 from .batcher import Batcher, BatchKey, Interrupted, Job, JobResult, QueueFull, TaskIdInUse
+from .errors import add_error_handlers
 from .guards import guard
 from .metrics import CONTENT_TYPE, Metrics
 from .schemas import A1111Img2Img, A1111Txt2Img, OpenAIImages
@@ -176,7 +174,7 @@ def _a1111_info(req: A1111Txt2Img, result: JobResult, server: Server, key: Batch
         "is_using_inpainting_conditioning": False,
         "version": f"sdlite {sdlite_version}",
     }
-    return json.dumps(info)
+    return json.dumps(info, ensure_ascii=False)  # non-ASCII prompts: 1-3 bytes a character, not 6-12
 
 
 def _a1111_samplers() -> list[dict[str, Any]]:
@@ -185,36 +183,6 @@ def _a1111_samplers() -> list[dict[str, Any]]:
         for name, (sampler, opts) in A1111.items()
         if name in SAMPLERS
     ]
-
-
-def _json_safe(value: Any) -> Any:
-    """An error's echoed input without what JSON in UTF-8 cannot carry (a 500 otherwise): NaN/inf
-    floats become their repr, lone surrogates a \\udXXX escape."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    """422 in FastAPI's shape for the rules checked here (``jobs.py``) as for pydantic's."""
-
-    async def rule_broken(request: Request, err: Exception) -> JSONResponse:
-        assert isinstance(err, RuleError)
-        detail = [{"type": "value_error", "loc": ["body", err.field], "msg": str(err), "input": err.value}]
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(detail))}, status_code=422)
-
-    async def invalid_body(request: Request, err: Exception) -> JSONResponse:
-        assert isinstance(err, RequestValidationError)
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(err.errors()))}, status_code=422)
-
-    app.add_exception_handler(RuleError, rule_broken)
-    app.add_exception_handler(RequestValidationError, invalid_body)
 
 
 async def _respond_a1111(request: Request, server: Server, req: A1111Txt2Img, job: Job) -> Any:
@@ -320,7 +288,8 @@ def _add_info_routes(app: FastAPI, server: Server) -> None:
     async def options() -> Any:
         return {"sd_model_checkpoint": server.model_name}  # the one setting clients read
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    @app.head("/health", operation_id="health_head")  # its own id: the document's ids are unique
+    @app.get("/health")
     async def health() -> Any:
         return {
             "status": "ok",
@@ -337,11 +306,12 @@ def _add_info_routes(app: FastAPI, server: Server) -> None:
             },
         }
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)  # documented as text, as it is
     async def metrics() -> Response:
         return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
+    @app.head("/", response_class=HTMLResponse, operation_id="page_head")
+    @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
@@ -361,7 +331,7 @@ def create_app(pipe: Any, settings: Settings | None = None) -> Any:
 
     app = FastAPI(title="sdlite", version=sdlite_version, lifespan=lifespan)
     app.state.server = server
-    _add_error_handlers(app)
+    add_error_handlers(app)
     _add_generation_routes(app, server)
     _add_progress_routes(app, server)
     _add_info_routes(app, server)

@@ -116,6 +116,7 @@ class Batcher:
     # --- the HTTP side -----------------------------------------------------------------------
 
     def start(self) -> None:
+        self._stopping = False  # a lifespan may start the app again after stopping it (test clients do)
         self._thread = threading.Thread(target=self._work, name="sdlite-batcher", daemon=True)
         self._thread.start()
 

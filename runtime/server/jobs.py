@@ -70,7 +70,12 @@ def a1111_job(pipe: Any, req: A1111Txt2Img, init: list[Any] | None, strength: fl
         f = pipe.graph.size_multiple
         default = (max(init[0].width // f * f, f), max(init[0].height // f * f, f))
     n = req.n_images
-    width, height = image_size(pipe, req.width, req.height, default, n)
+    try:
+        width, height = image_size(pipe, req.width, req.height, default, n)
+    except RuleError as err:
+        if init is not None and req.width is None and req.height is None:
+            raise _as("init_images", err) from None  # the size came from the image, not the body
+        raise
     sampler = sampler_name(pipe, req.sampler_name, "sampler_name", req.scheduler)
     steps = pipe.preset.steps if req.steps is None else req.steps
     guidance = pipe.preset.guidance if req.cfg_scale is None else req.cfg_scale

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from .. import rules
 from ..rules import MAX_IMAGES, RuleError
@@ -28,6 +28,13 @@ class Checked(BaseModel):
     @classmethod
     def _text(cls, value: Any, info: ValidationInfo) -> str:
         return rules.check_text(str(info.field_name), value)
+
+    @field_validator("sampler_name", "scheduler", "sampler", "model", "force_task_id", check_fields=False)
+    @classmethod
+    def _name(cls, value: Any, info: ValidationInfo) -> str | None:
+        # Checked here, not only where used: a bad "scheduler" or "model" is otherwise echoed in
+        # the response after a whole generation, and a lone surrogate there cannot be encoded.
+        return value if value is None else rules.check_text(str(info.field_name), value, rules.MAX_NAME_CHARS)
 
     @field_validator("steps", check_fields=False)
     @classmethod
@@ -64,7 +71,8 @@ class A1111Txt2Img(Checked):
     height: int | None = None
     batch_size: int = 1
     n_iter: int = 1  # batches in A1111; here a multiplier
-    force_task_id: str | None = Field(None, max_length=128)  # the id /sdapi/v1/progress?id_task= takes
+    # The id /sdapi/v1/progress?id_task= and /sdapi/v1/interrupt take.
+    force_task_id: str | None = Field(None, max_length=rules.MAX_NAME_CHARS)
 
     @field_validator("seed")
     @classmethod
@@ -74,18 +82,19 @@ class A1111Txt2Img(Checked):
     @field_validator("batch_size", "n_iter")
     @classmethod
     def _count(cls, value: int, info: ValidationInfo) -> int:
-        return rules.check_int(str(info.field_name), value, 1, MAX_IMAGES)
-
-    @model_validator(mode="after")
-    def _not_too_many(self) -> A1111Txt2Img:
-        if self.batch_size * self.n_iter > MAX_IMAGES:
+        value = rules.check_int(str(info.field_name), value, 1, MAX_IMAGES)
+        # n_iter is validated after batch_size, so the product's error names a field the client
+        # sent (n_iter, the multiplier) rather than the whole body.
+        per_call = info.data.get("batch_size") if info.field_name == "n_iter" else None
+        if per_call and per_call * value > MAX_IMAGES:
             # one request's images: more is a batch job, not a request
             raise RuleError(
-                "batch_size x n_iter",
-                f"at most {MAX_IMAGES} images per call",
-                f"{self.batch_size} x {self.n_iter}",
+                "n_iter",
+                f"at most {MAX_IMAGES // per_call} with batch_size={per_call} "
+                f"(batch_size x n_iter: at most {MAX_IMAGES} images per call)",
+                value,
             )
-        return self
+        return value
 
     @property
     def n_images(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import zlib
 
 import httpx
 import numpy as np
@@ -197,3 +198,115 @@ def test_left_out_settings_come_from_the_models_preset(server, demo_pipe):
     im = decode_png(r.json()["images"][0])
     assert im.text["parameters"] == ref.parameters[0]
     np.testing.assert_array_equal(_pixels(im), _pixels(ref.images[0]))
+
+
+def _bomb_png() -> str:
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    raw = bytearray(buf.getvalue())
+    raw[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR: a 1x1 image claiming 30000x30000
+    raw[29:33] = zlib.crc32(bytes(raw[12:29])).to_bytes(4, "big")  # a valid chunk, a bomb by its header
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def _small_png(side: int = 64) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), "red").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+TXT, IMG, OAI = "/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/v1/images/generations"
+JSON = {"content-type": "application/json"}
+# (route, raw JSON body, the loc the 422 must give): every rule's error names the field the client
+# sent, in that route's own vocabulary (cfg_scale vs guidance_scale, sampler_name vs sampler, ...).
+FIELD_TABLE = [
+    (TXT, '{"cfg_scale": NaN}', ["cfg_scale"]),
+    (TXT, '{"cfg_scale": 101}', ["cfg_scale"]),
+    (TXT, '{"steps": 0}', ["steps"]),
+    (TXT, '{"batch_size": 0}', ["batch_size"]),
+    (TXT, '{"batch_size": 8, "n_iter": 9}', ["n_iter"]),
+    (TXT, '{"sampler_name": "Euler z"}', ["sampler_name"]),
+    (TXT, '{"sampler_name": "\\ud800"}', ["sampler_name"]),
+    (TXT, '{"sampler_name": "Euler", "scheduler": "\\udfff"}', ["scheduler"]),
+    (TXT, '{"seed": -2}', ["seed"]),
+    (TXT, '{"seed": 18446744073709551615, "batch_size": 2}', ["seed"]),
+    (TXT, '{"width": 30}', ["width"]),
+    (TXT, '{"height": 30}', ["height"]),
+    (TXT, '{"width": 8192, "height": 8192}', ["width"]),
+    (TXT, '{"negative_prompt": "\\ud800"}', ["negative_prompt"]),
+    (TXT, json.dumps({"force_task_id": "t" * 200}), ["force_task_id"]),
+    (IMG, json.dumps({"init_images": [_small_png()], "denoising_strength": 0}), ["denoising_strength"]),
+    (IMG, json.dumps({"init_images": [_small_png()], "denoising_strength": 0.1, "steps": 2}),
+     ["denoising_strength"]),
+    (IMG, json.dumps({"init_images": [_bomb_png()]}), ["init_images", 0]),
+    # Over the pixel budget by the init image's own size (no width or height sent):
+    (IMG, json.dumps({"init_images": [_small_png(2048)]}), ["init_images"]),
+    (IMG, json.dumps({"init_images": [_small_png(2048)], "width": 2048}), ["width"]),
+    (OAI, '{"guidance_scale": NaN}', ["guidance_scale"]),
+    (OAI, '{"guidance_scale": -1}', ["guidance_scale"]),
+    (OAI, '{"n": 0}', ["n"]),
+    (OAI, '{"size": "8192x8192"}', ["size"]),
+    (OAI, '{"size": "30x30"}', ["size"]),
+    (OAI, '{"sampler": "nope"}', ["sampler"]),
+    (OAI, '{"steps": 0}', ["steps"]),
+    (OAI, '{"seed": -1}', ["seed"]),
+    (OAI, json.dumps({"negative_prompt": "n" * 40000}), ["negative_prompt"]),
+    (OAI, '{"model": "\\ud800"}', ["model"]),
+    (OAI, '{"prompt": ""}', ["prompt"]),
+]  # fmt: skip
+
+
+def test_field_errors_name_the_field_the_client_sent(server):
+    for route, raw, loc in FIELD_TABLE:
+        # Sent as raw text: NaN and lone surrogates arrive as clients send them.
+        text = raw if '"prompt"' in raw else raw.replace("{", '{"prompt": "x", ', 1)
+        r = httpx.post(f"{server.url}{route}", content=text.encode(), headers=JSON, timeout=30)
+        assert r.status_code == 422, (route, raw[:80], r.status_code, r.text[:300])
+        detail = r.json()["detail"]
+        assert [d["loc"] for d in detail] == [["body", *loc]], (route, raw[:80], detail)
+        msg = detail[0]["msg"]
+        if " must be " in msg:  # a rule's wording starts with the field it names
+            assert str(loc[0]) in msg.split(" must be ")[0], (route, raw[:80], msg)
+
+
+def test_lone_surrogate_sampler_or_scheduler_is_refused_before_generating(server):
+    before = metric(httpx.get(f"{server.url}/metrics").text, "sdlite_images_generated_total")
+    for field in ("sampler_name", "scheduler"):
+        raw = '{"prompt": "x", "steps": 2, "%s": "Euler \\ud800"}' % field  # noqa: UP031
+        r = httpx.post(f"{server.url}{TXT}", content=raw.encode(), headers=JSON)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.text
+    after = metric(httpx.get(f"{server.url}/metrics").text, "sdlite_images_generated_total")
+    assert after == before  # no image was made for either
+
+
+def test_a_huge_prompt_is_refused_in_a_small_response(server):
+    body = {"prompt": "x" * 2**20, "negative_prompt": "y" * 2**20, "steps": 1, "batch_size": 64}
+    r = httpx.post(f"{server.url}{TXT}", json=body, timeout=60)
+    assert r.status_code == 422
+    assert len(r.content) < 4096, f"the 422 echoes {len(r.content)} bytes of a 2 MB body"
+    assert [d["loc"] for d in r.json()["detail"]] == [["body", "prompt"], ["body", "negative_prompt"]]
+
+
+def test_a1111_info_writes_non_ascii_prompts_as_utf8_not_escapes(server):
+    prompt, n = "\u732b" * 1000, 4  # CJK: 3 bytes in UTF-8, 6 as a \\uXXXX escape
+    body = {"prompt": prompt, "steps": 1, "batch_size": n, "seed": 1}
+    r = httpx.post(f"{server.url}{TXT}", json=body, timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    info = r.json()["info"]
+    assert json.loads(info)["all_prompts"] == [prompt] * n
+    # The prompt appears once, once per image in all_prompts and once per image in infotexts.
+    copies = 1 + 2 * n
+    assert len(info.encode("utf-8")) <= copies * len(prompt.encode("utf-8")) + 4096
+
+
+def test_bodies_json_cannot_read_get_422_not_400(server):
+    for raw in (
+        b'{"prompt": "\xff\xfe"}',  # not UTF-8
+        b"[" * 100_000 + b"]" * 100_000,  # nested past Python's recursion limit
+        b'{"prompt": "x", "seed": 1' + b"0" * 5000 + b"}",  # an int past Python's 4300 digits
+        b'{"prompt": "x", "steps": ',  # cut short
+    ):
+        r = httpx.post(f"{server.url}{TXT}", content=raw, headers=JSON, timeout=30)
+        assert r.status_code == 422, (raw[:40], r.status_code, r.text[:200])
+        detail = r.json()["detail"]
+        assert detail[0]["loc"][0] == "body" and len(r.content) < 4096, (raw[:40], detail)
