@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+from .. import tensor_files as tf
+
 CONVERTER = "python -m sdlite.export convert-lora IN OUT.safetensors"
-_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
 PEFT_PREFIXES = {"unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
 KOHYA_PREFIXES = {
     "lora_unet_": "unet",
@@ -70,32 +69,12 @@ class LayerLora:
 
 def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors (numpy, bf16 widened to float32) and the header's ``__metadata__``."""
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    if path.suffix.lower() in tf.PICKLE_SUFFIXES:
         raise ValueError(
             f"LoRA file {str(path)!r} is a pickle ({path.suffix}), which sdlite does not open at run "
             f"time (it can run code); convert it once with `{CONVERTER}`"
         )
-    try:
-        raw = path.read_bytes()
-        (n,) = struct.unpack("<Q", raw[:8])
-        header = json.loads(raw[8 : 8 + n])
-    except (OSError, struct.error, ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"LoRA file {str(path)!r} is not a safetensors file: {err}") from err
-    meta = header.pop("__metadata__", None) or {}
-    out = {}
-    for key, info in header.items():
-        dtype = _ST_DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise ValueError(
-                f"LoRA file {str(path)!r}: tensor {key!r} has dtype {info.get('dtype')}; "
-                f"allowed: {', '.join(_ST_DTYPES)}"
-            )
-        a, b = info["data_offsets"]
-        arr = np.frombuffer(raw, dtype, (b - a) // np.dtype(dtype).itemsize, 8 + n + a)
-        if info["dtype"] == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        out[key] = arr.reshape(info["shape"])
-    return out, meta
+    return tf.read_safetensors(path, "LoRA file")
 
 
 def _split(key: str, prefixes: dict[str, str], halves: dict[str, str]) -> tuple[str, str, str] | None:
