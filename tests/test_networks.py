@@ -38,7 +38,9 @@ def pipe(tiny_sd1_onnx):
 
 
 def image(pipe, prompt, loras=None):
-    return pipe(prompt, num_inference_steps=2, height=32, width=32, seed=1, output_type="np", loras=loras).images
+    return pipe(
+        prompt, num_inference_steps=2, height=32, width=32, seed=1, output_type="np", loras=loras
+    ).images
 
 
 # --- headers ---------------------------------------------------------------------------------
