@@ -280,3 +280,14 @@ def _fits(pipe: Pipeline, widths: list[int]) -> bool:
     if any(t is None for t in tables):
         return True  # unknown: call it an error, not a family mismatch
     return sorted(widths) == sorted(t[1].shape[1] for t in tables)
+
+
+def written_parameters(text: str, sent: tuple[str, str | None], written: tuple[str, str | None]) -> str:
+    """A PNG's ``parameters`` with the prompts as written, tags and all (as A1111 keeps them), in place
+    of the prompts the pipeline was given (``sent``, tags removed); unchanged if it does not start so."""
+    prompt, negative = sent
+    negative_line = f"\nNegative prompt: {negative}" if negative else ""
+    if not text.startswith(prompt + negative_line):
+        return text
+    rest = text[len(prompt + negative_line) :]
+    return written[0] + (f"\nNegative prompt: {written[1]}" if written[1] else "") + rest

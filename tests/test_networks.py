@@ -213,3 +213,15 @@ def test_embedding_folder_loads_what_fits_and_skips_the_rest(tmp_path, tiny_sd1_
     lib.refresh()
     assert lib.load_all(pipe) == ["zqnew"]
     assert set(lib.entries()["loaded"]) == {"zqstyle", "zqnew"}
+
+
+def test_written_parameters_keep_the_tags():
+    from sdlite.networks import written_parameters
+
+    sent = "a cat \nNegative prompt: ugly \nSteps: 2, Seed: 1"
+    got = written_parameters(sent, ("a cat ", "ugly "), ("a cat <lora:x:1>", "ugly <lora:y>"))
+    assert got == "a cat <lora:x:1>\nNegative prompt: ugly <lora:y>\nSteps: 2, Seed: 1"
+    # A negative prompt that was only tags: the pipeline wrote no line for it.
+    got = written_parameters("a\nSteps: 2", ("a", ""), ("a", "<lora:y>"))
+    assert got == "a\nNegative prompt: <lora:y>\nSteps: 2"
+    assert written_parameters("other\nSteps: 2", ("a", None), ("a <lora:x>", None)) == "other\nSteps: 2"
