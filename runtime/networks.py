@@ -163,6 +163,8 @@ class LoraLibrary:
     def _requests(
         networks: list, explicit: dict[str, float] | None, field: str
     ) -> list[tuple[str, float, str]]:
+        if explicit is not None and not isinstance(explicit, dict):
+            raise RuleError("loras", "a dict of LoRA name or path -> weight, or None", explicit)
         out = []
         for key, weight in (explicit or {}).items():
             where = f"loras[{key!r}]"

@@ -127,8 +127,9 @@ def test_tags_are_removed_and_weights_add_up(tmp_path):
         ("<lora:style:much>", None, "prompt", r"not a finite number"),
         ("a", {"style": float("nan")}, "loras['style']", r"a finite number, got nan"),
         ("a", {"/no/such.safetensors": 1}, "loras['/no/such.safetensors']", "existing .safetensors file"),
+        ("a", ["style"], "loras", "a dict of LoRA name or path -> weight"),
     ],
-    ids=["unknown-tag", "unknown-explicit", "hypernet", "bad-weight", "nan", "missing-path"],
+    ids=["unknown-tag", "unknown-explicit", "hypernet", "bad-weight", "nan", "missing-path", "not-a-dict"],
 )
 def test_bad_names_and_weights_name_the_field(tmp_path, prompt, explicit, field, message):
     lora_file(tmp_path / "style.safetensors")
