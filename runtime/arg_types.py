@@ -61,3 +61,20 @@ def pixel_budget_help(what: str) -> str:
     sides = {family.upper(): math.isqrt(n) for family, n in rules.MAX_PIXELS_BY_FAMILY.items()}
     defaults = ", ".join(f"{side}x{side} for {family}" for family, side in sides.items())
     return f"largest image area {what}, in pixels (default: the model family's: {defaults})"
+
+
+def lora_spec(text: str) -> tuple[str, float]:
+    """``--lora PATH[:WEIGHT]``: split at the last colon only when a number follows it, so that
+    ``C:\\loras\\x.safetensors`` stays one path; the weight is 1.0 when not given."""
+    path, colon, tail = text.rpartition(":")
+    try:
+        weight = float(tail) if colon and path else None
+    except ValueError:
+        weight = None
+    if weight is None:
+        path, weight = text, 1.0
+    if not math.isfinite(weight):
+        raise argparse.ArgumentTypeError(f"the weight must be a finite number, got {tail!r}")
+    if not path:
+        raise argparse.ArgumentTypeError("expected PATH[:WEIGHT], got an empty path")
+    return path, weight

@@ -6,7 +6,16 @@ Modules: ``batch_items`` (job lines -> items), ``batch_manifest`` (the output fo
 Input, ``JOB.jsonl``: one JSON object per line; blank lines are skipped.  Keys::
 
     {"id"?: str, "prompt": str, "negative_prompt"?: str, "seed"?: int, "steps"?: int,
-     "guidance"?: number, "sampler"?: str, "width"?: int, "height"?: int}
+     "guidance"?: number, "sampler"?: str, "width"?: int, "height"?: int,
+     "loras"?: {name or path: weight}, "vae_tiling"?: bool | null, "vae_tile_size"?: int}
+
+LoRAs (AUTOMATIC1111's extra networks, ``sdlite.networks``): ``loras`` names files in
+``--lora-dir`` (by stem, recursively) or gives .safetensors paths; ``<lora:NAME:WEIGHT>`` tags in
+the prompt or negative prompt name files in ``--lora-dir`` too and are removed from the text the
+model reads (the PNG's parameters keep them).  Weights of one name add up.  A name means one file
+for the whole job.  Items with different LoRA sets never share a U-Net call (a set is merged into
+the weights of the whole call).  ``--embeddings-dir``: every textual inversion there is loaded
+under its file's stem.
 
 A missing key takes the command-line default (``--steps`` etc.), else the model's preset
 (``sdlite info`` shows it: SD 20 UniPC steps at guidance 7.5, SD-Turbo 1 step, LCM 4 ...; size:
@@ -31,7 +40,8 @@ Output, in ``--out DIR``: ``<id>.png`` (with AUTOMATIC1111's ``parameters`` chun
 PNG is renamed into place and fsynced::
 
     {"id": str | null, "line": int, "status": "ok" | "error", "error": str | null,
-     "parameters": {prompt, negative_prompt, seed, steps, guidance, sampler, width, height} | null,
+     "parameters": {prompt, negative_prompt, seed, steps, guidance, sampler, width, height,
+                    loras?, vae_tiling?, vae_tile_size?} | null,
      "seed": int | null, "timings": {...} | null, "png": "<id>.png" | null,
      "png_sha256": str (ok only), "input_sha256": str (input errors only),
      "finished_at": ISO 8601 UTC}
@@ -72,6 +82,7 @@ from .batch_items import Defaults, InputError, Item, group, parse_job
 from .batch_manifest import Manifest, is_done, remove_temp_pngs, write_results
 from .errors import UsageError
 from .models_dir import model_path
+from .networks import LoraLibrary
 
 MAX_EXIT = 100
 
@@ -83,9 +94,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "batch",
         help="run a JSONL batch job (resumable)",
         description="Generate one PNG per line of JOB.jsonl into --out, grouping compatible lines "
-        "(same size, steps, sampler, guidance) into one U-Net batch. Each line: "
+        "(same size, steps, sampler, guidance, LoRA set, VAE tiles) into one U-Net batch. Each line: "
         '{"id"?, "prompt", "negative_prompt"?, "seed"?, "steps"?, "guidance"?, "sampler"?, '
-        '"width"?, "height"?}. Rerunning the same command resumes: finished items are skipped.',
+        '"width"?, "height"?, "loras"?, "vae_tiling"?, "vae_tile_size"?}; <lora:NAME:WEIGHT> tags in '
+        "prompts name files in --lora-dir. Rerunning the same command resumes: finished items are skipped.",
         epilog="Exit status: 0 when every line is ok; otherwise the number of failed lines (input "
         "errors and generation errors, see OUT/manifest.jsonl), at most 100; 2 also for bad "
         "arguments (nothing is generated).",
@@ -112,6 +124,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="CPU threads per pipeline (default: ORT's)",
     )
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    b.add_argument(
+        "--lora-dir", metavar="DIR", help="folder of LoRAs named by lines' loras and <lora:...> tags"
+    )
+    b.add_argument("--embeddings-dir", metavar="DIR", help="load every textual inversion of this folder")
     _add_ray_options(b.add_argument_group("ray engine"))
 
 
@@ -230,7 +246,14 @@ def defaults_for(args: argparse.Namespace, model: Path) -> Defaults:
             setattr(d, key, rules.check_size(f"--{key}", value, multiple, vae_factor=factor))
     if d.width is not None and d.height is not None:
         rules.check_pixels(d.width, d.height, 1, d.max_pixels)
+    d.loras = LoraLibrary(_folder("--lora-dir", args.lora_dir) if args.lora_dir else None)
     return d
+
+
+def _folder(flag: str, path: str) -> Path:
+    if not Path(path).is_dir():
+        raise UsageError(f"{flag}: folder {path!r} does not exist")
+    return Path(path).resolve()
 
 
 def _check_args(args: argparse.Namespace) -> tuple[Path, Path, Path]:
@@ -244,6 +267,8 @@ def _check_args(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} exists and is not a folder")
+    if args.embeddings_dir is not None:  # absolute: Ray workers' cwd differs
+        args.embeddings_dir = str(_folder("--embeddings-dir", args.embeddings_dir))
     return job, out, model_path(args.model)
 
 
@@ -258,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
 
         engine = batch_ray.engine(args, model)  # checks the extra is installed before any work
     else:
-        engine = local_engine(model, args.provider, args.threads, args.max_pixels)
+        engine = local_engine(model, args.provider, args.threads, args.max_pixels, args.embeddings_dir)
     items, input_errors = parse_job(job, defaults)
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out)

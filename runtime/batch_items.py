@@ -8,13 +8,29 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import rules
+from .networks import LoraLibrary
 
-KEYS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance", "sampler", "width", "height")
+KEYS = (
+    "id",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "guidance",
+    "sampler",
+    "width",
+    "height",
+    "loras",
+    "vae_tiling",
+    "vae_tile_size",
+)
+# loras, vae_tiling and vae_tile_size are left out of an item's params when not set, so that the
+# records of manifests written before they existed still match (resume).
 # An error's text quotes the bad value: keep a manifest line short whatever a line holds.
 MAX_ERROR_CHARS = 2000
 
@@ -25,23 +41,27 @@ class Item:
 
     id: str
     line: int
-    params: dict[str, Any]  # prompt, negative_prompt, seed, steps, guidance, sampler, width, height
+    params: dict[str, Any]  # prompt ... height, and loras, vae_tiling, vae_tile_size when set
+    files: dict[str, str] = field(default_factory=dict)  # LoRA name -> file, for params["loras"]
 
     @property
     def group_key(self) -> tuple:
+        """One Pipeline call per key: a LoRA set is merged into the weights of the whole call."""
         p = self.params
-        return (p["width"], p["height"], p["steps"], p["sampler"], p["guidance"])
+        loras = tuple(sorted(p.get("loras", {}).items()))
+        tiles = (p.get("vae_tiling"), p.get("vae_tile_size"))
+        return (p["width"], p["height"], p["steps"], p["sampler"], p["guidance"], loras, tiles)
 
     @property
     def png(self) -> str:
         return f"{self.id}.png"
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "line": self.line, "params": self.params}
+        return {"id": self.id, "line": self.line, "params": self.params, "files": self.files}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Item:
-        return cls(d["id"], d["line"], d["params"])
+        return cls(d["id"], d["line"], d["params"], d.get("files", {}))
 
 
 @dataclass
@@ -67,6 +87,8 @@ class Defaults:
     scheduler_config: dict[str, Any] | None = None  # the model's: what its samplers must take
     max_pixels: int = rules.max_pixels("sd")
     vae_factor: int | None = None  # named in the size rule's message when known
+    loras: LoraLibrary = field(default_factory=LoraLibrary)  # where LoRA names and tags resolve
+    lora_files: dict[str, str] = field(default_factory=dict)  # name -> file: one file per name per job
 
 
 def line_id(line: int) -> str:
@@ -124,6 +146,38 @@ def _sizes(obj: dict[str, Any], d: Defaults) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
+def _loras(obj: dict[str, Any], prompt: str, negative: str | None, d: Defaults) -> tuple[dict, dict]:
+    """The item's LoRA set ({name: weight}, zeros left out) from ``loras`` and the prompts' tags,
+    and the files it names; a name must mean one file for the whole job."""
+    explicit = obj.get("loras")
+    if explicit is not None and not isinstance(explicit, dict):
+        raise rules.RuleError("loras", "an object of LoRA name or .safetensors path -> weight", explicit)
+    _, weights, files = d.loras.plan(prompt, "prompt", explicit)
+    _, more, more_files = d.loras.plan(negative or "", "negative_prompt")
+    for name, weight in more.items():
+        weights[name] = weights.get(name, 0.0) + weight
+    for name, path in {**more_files, **files}.items():
+        known = d.lora_files.setdefault(name, str(path.resolve()))  # absolute: Ray workers' cwd differs
+        if Path(known) != path.resolve():
+            raise rules.RuleError(
+                "loras", f"one file per LoRA name in a job ({name!r} is {known})", str(path)
+            )
+    loras = {n: w for n, w in sorted(weights.items()) if w != 0}
+    return loras, {n: d.lora_files[n] for n in loras}
+
+
+def _vae(obj: dict[str, Any], width: int, height: int, d: Defaults) -> dict[str, Any]:
+    out = {}
+    if obj.get("vae_tiling") is not None:
+        rules.check_vae_tiling(obj["vae_tiling"], width, height)
+        out["vae_tiling"] = obj["vae_tiling"]
+    if obj.get("vae_tile_size") is not None:
+        out["vae_tile_size"] = rules.check_vae_tile_size(
+            obj["vae_tile_size"], d.vae_factor or rules.VAE_FACTOR
+        )
+    return out
+
+
 def resolve(obj: Any, line: int, d: Defaults) -> Item:
     """A parsed job line -> an Item; ValueError naming the key otherwise (the rules' wording)."""
     if not isinstance(obj, dict):
@@ -147,7 +201,11 @@ def resolve(obj: Any, line: int, d: Defaults) -> Item:
         "width": width,
         "height": height,
     }
-    return Item(item_id, line, params)
+    loras, files = _loras(obj, prompt, negative, d)
+    if loras:
+        params["loras"] = loras
+    params |= _vae(obj, width, height, d)
+    return Item(item_id, line, params, files)
 
 
 def _valid_id(obj: Any) -> str | None:
@@ -200,8 +258,8 @@ def parse_job(path: Path, d: Defaults) -> tuple[list[Item], list[InputError]]:
 
 
 def group(items: Iterable[Item], batch_size: int) -> list[list[Item]]:
-    """Items with the same size, steps, sampler and guidance, in chunks of at most batch_size
-    (fewer when the images would pass ``rules.MAX_BATCH_PIXELS`` together)."""
+    """Items with the same size, steps, sampler, guidance, LoRA set and VAE tiles, in chunks of at
+    most batch_size (fewer when the images would pass ``rules.MAX_BATCH_PIXELS`` together)."""
     by_key: dict[tuple, list[Item]] = {}
     for it in items:
         by_key.setdefault(it.group_key, []).append(it)

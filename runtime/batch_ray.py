@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .batch_engine import Engine, run_isolated
+from .batch_engine import Engine, load_pipeline, run_isolated
 from .batch_items import Item
 from .batch_manifest import GroupResult
 
@@ -48,13 +48,14 @@ class PipelineActor:
     """A Ray Data callable class: loads the model once, then runs one group per row."""
 
     def __init__(
-        self, model: str, provider: str | None, threads: int | None, max_pixels: int | None = None
+        self,
+        model: str,
+        provider: str | None,
+        threads: int | None,
+        max_pixels: int | None = None,
+        embeddings_dir: str | None = None,
     ) -> None:
-        from .pipeline import Pipeline
-
-        self.pipe = Pipeline.from_pretrained(model, provider=provider, num_threads=threads)
-        if max_pixels is not None:
-            self.pipe.max_pixels = max_pixels
+        self.pipe = load_pipeline(model, provider, threads, max_pixels, embeddings_dir)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
@@ -96,6 +97,7 @@ def engine(args: argparse.Namespace, model: Path) -> Engine:
                     "provider": args.provider,
                     "threads": args.threads,
                     "max_pixels": args.max_pixels,
+                    "embeddings_dir": args.embeddings_dir,
                 },
                 num_cpus=1,
                 num_gpus=gpus,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import rules
+from . import cli_extras, rules
 from .arg_types import integer, number, pixel_budget, pixel_budget_help
 from .cli_out import DEFAULT_OUT, check_out, out_paths, save_all
 from .errors import UsageError
@@ -43,6 +43,8 @@ FLAGS = {
     "height": "--height",
     "num_images_per_prompt": "--num-images",
     "strength": "--strength",
+    "vae_tile_size": "--vae-tile-size",
+    "preview_every": "--preview-every",
 }
 
 
@@ -117,6 +119,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "-{i} is added (out.png -> out-1.png, ...); a folder gets the default name (%(default)s)",
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    cli_extras.add_flags(g)
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -178,25 +181,6 @@ def _inputs(args: argparse.Namespace) -> tuple[Any, Any]:
     return image, mask
 
 
-def _progress(args: argparse.Namespace) -> tuple[Any, Any]:
-    """A tqdm bar on stderr opened by the first step (it learns the total then), and its closer."""
-    bar: Any = None
-
-    def progress(step: int, total: int, latents: Any) -> None:
-        nonlocal bar
-        if bar is None:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, file=sys.stderr, unit="step", leave=True, desc="sampling")
-        bar.update(1)
-
-    def close() -> None:
-        if bar is not None:
-            bar.close()
-
-    return (None if args.quiet else progress), close
-
-
 def _check_size(args: argparse.Namespace, model: Path, image: Any) -> None:
     """--width, --height and the pixel budget checked from the folder's JSON files, before any
     session loads: a --width of 100000 costs no model load.  The Pipeline checks them again."""
@@ -217,6 +201,7 @@ def _check_size(args: argparse.Namespace, model: Path, image: Any) -> None:
     budget = args.max_pixels or rules.max_pixels("sdxl" if folder.is_sdxl else "sd")
     if None not in sides:
         rules.check_pixels(*sides, args.num_images, budget)
+    cli_extras.check_vae(args, factor, sides)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -230,16 +215,16 @@ def _generate(args: argparse.Namespace) -> int:
     paths = out_paths(args.out, seeds)
     check_out(paths)
     image, mask = _inputs(args)
+    extras = cli_extras.prepare(args)
     model = model_path(args.model)
     _check_size(args, model, image)
     pipe = Pipeline.from_pretrained(model, provider=args.provider, preset=args.preset)
     if args.max_pixels is not None:
         pipe.max_pixels = args.max_pixels
-    progress, close = _progress(args)
+    more = cli_extras.apply(extras, pipe, args)
+    progress, close = cli_extras.progress(args)
     try:
         out = pipe(
-            args.prompt,
-            negative_prompt=args.negative_prompt,
             prompt_2=args.prompt_2,
             negative_prompt_2=args.negative_prompt_2,
             num_inference_steps=args.steps,
@@ -253,10 +238,11 @@ def _generate(args: argparse.Namespace) -> int:
             strength=args.strength,
             mask_image=mask,
             callback=progress,
+            **more,
         )
     finally:
         close()
-    return save_all(paths, out.images, out.parameters)
+    return save_all(paths, out.images, cli_extras.parameters(extras, args, out.parameters))
 
 
 def _info(args: argparse.Namespace) -> int:
