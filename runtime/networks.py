@@ -16,14 +16,13 @@ a file is loaded.  A library belongs to one pipeline: it remembers what it loade
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import tensor_files as tf
 from .prompts import parse_extra_networks
 from .rules import RuleError
 
@@ -33,28 +32,11 @@ if TYPE_CHECKING:
 LORA_KINDS = ("lora", "lyco")  # lyco: LyCORIS, which A1111 reads as a LoRA
 UNSUPPORTED_KINDS = ("hypernet",)
 SUFFIX = ".safetensors"
-MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
-
-
-def read_header(path: str | Path) -> dict[str, Any]:
-    """A .safetensors file's JSON header (tensor names, dtypes, shapes, ``__metadata__``), no tensors."""
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            if size > MAX_HEADER_BYTES:
-                raise ValueError(f"a header of {size} bytes (at most {MAX_HEADER_BYTES})")
-            header = json.loads(f.read(size))
-    except (OSError, struct.error, ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{str(path)!r} is not a safetensors file: {err}") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{str(path)!r} is not a safetensors file: its header is not a JSON object")
-    return header
 
 
 def metadata(path: str | Path) -> dict[str, str]:
     """The header's ``__metadata__`` (training notes, ``ss_output_name``...), {} when none."""
-    meta = read_header(path).get("__metadata__")
+    meta = tf.read_safetensors_header(path).get("__metadata__")
     return dict(meta) if isinstance(meta, dict) else {}
 
 
@@ -213,7 +195,8 @@ class LoraLibrary:
 def embedding_shape(path: str | Path) -> tuple[int, int, list[int]]:
     """(A1111's ``shape``, ``vectors``, the widths it fits) from the header: for SDXL's clip_l + clip_g
     the shape is their sum, as A1111 reports it."""
-    header = {k: v for k, v in read_header(path).items() if k != "__metadata__" and isinstance(v, dict)}
+    header = tf.read_safetensors_header(path)
+    header = {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
     shapes = {k: list(v.get("shape") or [0]) for k, v in header.items()}
     if "clip_l" in shapes and "clip_g" in shapes:
         widths = [shapes["clip_l"][-1], shapes["clip_g"][-1]]

@@ -24,6 +24,7 @@ _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": n
 # ONNX TensorProto data types of float weights.
 ONNX_DTYPES = {1: np.float32, 10: np.float16, 11: np.float64}
 
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 Buffer = bytes | bytearray | mmap.mmap | memoryview
 
 
@@ -41,14 +42,21 @@ def _header(raw: bytes, what: str, path: Path) -> tuple[int, dict]:
     return n, header
 
 
-def read_safetensors_metadata(path: Path, what: str = "file") -> dict[str, str]:
-    """The header's ``__metadata__`` (strings), reading the header only."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        _, header = _header(head + f.read(min(size, 100 * 2**20)), what, path)
-    meta = header.get("__metadata__") or {}
-    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+def read_safetensors_header(path: str | Path, what: str = "file") -> dict:
+    """A .safetensors file's JSON header (tensor names, dtypes, shapes, ``__metadata__``), read
+    without its tensors (for listing a folder of LoRAs or embeddings)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            if size > MAX_HEADER_BYTES:
+                too_big = f"a header of {size} bytes (at most {MAX_HEADER_BYTES})"
+                raise ValueError(f"{what} {str(path)!r} is not a safetensors file: {too_big}")
+            raw = head + f.read(size)
+    except OSError as err:
+        raise ValueError(f"{what} {str(path)!r} cannot be read: {err.strerror or err}") from None
+    return _header(raw, what, path)[1]
 
 
 def read_safetensors(path: Path, what: str = "file") -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 from sdlite import Pipeline
-from sdlite.networks import EmbeddingLibrary, LoraLibrary, embedding_shape, metadata, read_header
+from sdlite.networks import EmbeddingLibrary, LoraLibrary, embedding_shape, metadata
 from sdlite.rules import RuleError
+from sdlite.tensor_files import read_safetensors_header as read_header
 
 TO_Q = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"  # 32 x 32 in the tiny U-Net
 
