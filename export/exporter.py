@@ -2,7 +2,8 @@
 
 Stages: check options and SOURCE (nothing loaded yet) -> load the pipeline -> disk check ->
 graph capture with optimum's exporter -> per component (components.py): fuse for the target,
-fp16, validate against PyTorch, optionally quantize -> sdlite.json -> rename into place.
+fp16, validate against PyTorch, optionally quantize -> the live-preview map fitted with the
+exported decoder (preview_map.py) -> sdlite.json -> rename into place.
 
 Everything is built in a hidden temporary folder beside OUT and renamed at the end, so a failed
 or interrupted export leaves no half-written OUT.
@@ -134,6 +135,7 @@ def _export_into(
     from . import ort_shim
     from .capture import capture
     from .components import Job, components_of, export_component, upcasts_vae
+    from .preview_map import write_preview_map
     from .shapes import fix_static_shapes, validation_latent_hw
     from .validate import validation_providers
 
@@ -167,6 +169,8 @@ def _export_into(
         log=log,
     )
     results = {component: export_component(job, component) for component in components}
+    with log.stage("preview map (fitted with the exported VAE decoder)"):
+        preview = write_preview_map(final, providers)
     opset = graph_opset(final / "unet" / "model.onnx")
     report = ExportReport(out, str(src.location), architecture, options.dtype, options.target, opset, results)
     write_sdlite_json(
@@ -177,5 +181,6 @@ def _export_into(
         static_shape=static,
         ort_shim=ort_shim.apply() if options.optimize else False,
         validated_on=providers[0] if options.validate else None,
+        preview=preview,
     )
     return report
