@@ -14,6 +14,7 @@ from pathlib import Path
 from .errors import ExportError
 
 NO_KERNELS = ("NOT_IMPLEMENTED", "Could not find an implementation")
+SKIPPED = "no kernels for this graph on {provider}; the runtime fits it on first use"
 
 
 def write_preview_map(folder: Path, providers: list[str]) -> dict:
@@ -31,7 +32,7 @@ def write_preview_map(folder: Path, providers: list[str]) -> dict:
     except Exception as exc:  # noqa: BLE001 - judged below, as the validation's run errors are
         text = str(exc)
         if any(mark in text for mark in NO_KERNELS):
-            return {"skipped": f"no kernels for this graph on {providers[0]}: {text.splitlines()[0][:200]}"}
+            return {"skipped": SKIPPED.format(provider=providers[0])}
         raise ExportError(f"preview map: the runtime could not load the exported folder: {exc}") from exc
     if not (folder / PREVIEW_FILE).is_file():
         raise ExportError(f"preview map: {PREVIEW_FILE} was not written into {folder}")

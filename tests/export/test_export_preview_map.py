@@ -59,3 +59,17 @@ def test_it_is_the_map_the_runtime_fits(tiny_export, tmp_path):
     exported = json.loads((folder / pv.PREVIEW_FILE).read_text())
     np.testing.assert_allclose(fitted.weights, exported["weights"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(fitted.bias, exported["bias"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_graph_this_machine_cannot_run_is_recorded(tiny_export):
+    """A --target cuda export: fitted where CUDA runs it, else skipped (the runtime fits on first use)."""
+    import onnxruntime as ort
+
+    folder, _ = tiny_export("fp16-cuda")
+    record = json.loads((folder / "sdlite.json").read_text())["preview"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert record["fitted_on"] == "CUDAExecutionProvider" and (folder / pv.PREVIEW_FILE).is_file()
+    else:
+        why = "no kernels for this graph on CPUExecutionProvider; the runtime fits it on first use"
+        assert record == {"skipped": why}
+        assert not (folder / pv.PREVIEW_FILE).exists()
