@@ -55,6 +55,12 @@ def build_parser(prog: str = "sdlite export") -> argparse.ArgumentParser:
         "--quantize", choices=METHODS, default=None, help="dynamic int8 weights (--target cpu --dtype fp32)"
     )
     p.add_argument("--no-validate", action="store_true", help="skip the comparison against PyTorch")
+    p.add_argument(
+        "--preview-decoder",
+        metavar="DIR",
+        default=None,
+        help="a diffusers AutoencoderTiny folder (TAESD/TAESDXL) to export as preview_decoder/",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             quantize=args.quantize,
             validate=not args.no_validate,
             progress=not args.quiet,
+            preview_decoder=args.preview_decoder,
         )
     except (ValueError, ExportError) as exc:
         print(f"sdlite export: error: {exc}", file=sys.stderr)

@@ -41,11 +41,14 @@ def export_model(
     quantize: str | None = None,
     validate: bool = True,
     progress: bool = True,
+    preview_decoder: str | os.PathLike | None = None,
 ) -> ExportReport:
     """Export a diffusers Stable Diffusion model to fused (and fp16) ONNX in optimum's layout.
 
     Raises ValueError for bad arguments or SOURCE (before anything is loaded or written) and
     ExportError when the exported graphs fail validation. On any failure OUT is left untouched.
+    ``preview_decoder``: a diffusers AutoencoderTiny folder (TAESD) also exported, as
+    preview_decoder/model.onnx (see preview_decoder.py).
     """
     start = time.perf_counter()
     if isinstance(static_shape, str):
@@ -61,6 +64,7 @@ def export_model(
         quantize=quantize,
         allow_pickle=allow_pickle,
         validate=validate,
+        preview_decoder=None if preview_decoder is None else str(preview_decoder),
     )
     out = _check_out(out, overwrite)
     src = sources.resolve(source, allow_pickle=allow_pickle, config=config)
@@ -135,7 +139,6 @@ def _export_into(
     from . import ort_shim
     from .capture import capture
     from .components import Job, components_of, export_component, upcasts_vae
-    from .preview_map import write_preview_map
     from .shapes import fix_static_shapes, validation_latent_hw
     from .validate import validation_providers
 
@@ -169,8 +172,7 @@ def _export_into(
         log=log,
     )
     results = {component: export_component(job, component) for component in components}
-    with log.stage("preview map (fitted with the exported VAE decoder)"):
-        preview = write_preview_map(final, providers)
+    preview = _export_previews(final, pipe, options, providers, log, results)
     opset = graph_opset(final / "unet" / "model.onnx")
     report = ExportReport(out, str(src.location), architecture, options.dtype, options.target, opset, results)
     write_sdlite_json(
@@ -184,3 +186,24 @@ def _export_into(
         preview=preview,
     )
     return report
+
+
+def _export_previews(
+    final: Path, pipe, options: ExportOptions, providers: list[str], log: Progress, results: dict
+) -> dict:
+    """The --preview-decoder graph (into ``results``), then the preview map; returns the map's record."""
+    from .preview_decoder import PREVIEW_DECODER, export_preview_decoder
+    from .preview_map import write_preview_map
+
+    if options.preview_decoder is not None:
+        with log.stage(f"preview decoder {options.preview_decoder}"):
+            results[PREVIEW_DECODER] = export_preview_decoder(
+                Path(options.preview_decoder),
+                final,
+                pipe.vae.config.latent_channels,
+                options.opset,
+                providers,
+                options.validate,
+            )
+    with log.stage("preview map (fitted with the exported VAE decoder)"):
+        return write_preview_map(final, providers)
