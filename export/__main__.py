@@ -1,4 +1,5 @@
-"""`python -m sdlite.export SOURCE OUT [options]` (same as `sdlite export`)."""
+"""`python -m sdlite.export SOURCE OUT [options]` (same as `sdlite export`), or
+`python -m sdlite.export convert-lora|convert-embedding IN OUT.safetensors` (sdlite.export.convert)."""
 
 import sys
 

@@ -9,17 +9,25 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .convert import COMMANDS
 from .options import DTYPES
 from .quantize import METHODS
 from .targets import TARGETS
 
 DESCRIPTION = """Export a diffusers Stable Diffusion model to fused ONNX (optimum's layout) for sdlite.
 SOURCE is a local diffusers folder, a Hugging Face hub id, or a single .safetensors file
-(with --config naming a local diffusers folder of the same architecture)."""
+(with --config naming a local diffusers folder of the same architecture).
+
+Converters (pickles to .safetensors, without running their code), taken only as the first argument:
+  convert-lora IN OUT.safetensors        a kohya / diffusers LoRA .pt/.ckpt/.bin
+  convert-embedding IN OUT.safetensors   an A1111 .pt or diffusers learned_embeds.bin embedding
+(a SOURCE folder literally named like one of them is exported as ./convert-lora)."""
 
 
 def build_parser(prog: str = "sdlite export") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    p = argparse.ArgumentParser(
+        prog=prog, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("source", metavar="SOURCE", help="diffusers folder, hub id, or .safetensors file")
     p.add_argument("out", metavar="OUT", help="output folder (must not exist unless --overwrite)")
     p.add_argument("--dtype", choices=DTYPES, default="fp16", help="weights and activations (default fp16)")
@@ -47,11 +55,22 @@ def build_parser(prog: str = "sdlite export") -> argparse.ArgumentParser:
         "--quantize", choices=METHODS, default=None, help="dynamic int8 weights (--target cpu --dtype fp32)"
     )
     p.add_argument("--no-validate", action="store_true", help="skip the comparison against PyTorch")
+    p.add_argument(
+        "--preview-decoder",
+        metavar="DIR",
+        default=None,
+        help="a diffusers AutoencoderTiny folder (TAESD/TAESDXL) to export as preview_decoder/",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        from .convert import main as convert_main
+
+        return convert_main(argv)
     args = build_parser().parse_args(argv)
     from .errors import ExportError
     from .exporter import export_model
@@ -73,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             quantize=args.quantize,
             validate=not args.no_validate,
             progress=not args.quiet,
+            preview_decoder=args.preview_decoder,
         )
     except (ValueError, ExportError) as exc:
         print(f"sdlite export: error: {exc}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 Stages: check options and SOURCE (nothing loaded yet) -> load the pipeline -> disk check ->
 graph capture with optimum's exporter -> per component (components.py): fuse for the target,
-fp16, validate against PyTorch, optionally quantize -> sdlite.json -> rename into place.
+fp16, validate against PyTorch, optionally quantize -> the live-preview map fitted with the
+exported decoder (preview_map.py) -> sdlite.json -> rename into place.
 
 Everything is built in a hidden temporary folder beside OUT and renamed at the end, so a failed
 or interrupted export leaves no half-written OUT.
@@ -40,11 +41,14 @@ def export_model(
     quantize: str | None = None,
     validate: bool = True,
     progress: bool = True,
+    preview_decoder: str | os.PathLike | None = None,
 ) -> ExportReport:
     """Export a diffusers Stable Diffusion model to fused (and fp16) ONNX in optimum's layout.
 
     Raises ValueError for bad arguments or SOURCE (before anything is loaded or written) and
     ExportError when the exported graphs fail validation. On any failure OUT is left untouched.
+    ``preview_decoder``: a diffusers AutoencoderTiny folder (TAESD) also exported, as
+    preview_decoder/model.onnx (see preview_decoder.py).
     """
     start = time.perf_counter()
     if isinstance(static_shape, str):
@@ -60,6 +64,7 @@ def export_model(
         quantize=quantize,
         allow_pickle=allow_pickle,
         validate=validate,
+        preview_decoder=None if preview_decoder is None else str(preview_decoder),
     )
     out = _check_out(out, overwrite)
     src = sources.resolve(source, allow_pickle=allow_pickle, config=config)
@@ -167,6 +172,7 @@ def _export_into(
         log=log,
     )
     results = {component: export_component(job, component) for component in components}
+    preview = _export_previews(final, pipe, options, providers, log, results)
     opset = graph_opset(final / "unet" / "model.onnx")
     report = ExportReport(out, str(src.location), architecture, options.dtype, options.target, opset, results)
     write_sdlite_json(
@@ -177,5 +183,27 @@ def _export_into(
         static_shape=static,
         ort_shim=ort_shim.apply() if options.optimize else False,
         validated_on=providers[0] if options.validate else None,
+        preview=preview,
     )
     return report
+
+
+def _export_previews(
+    final: Path, pipe, options: ExportOptions, providers: list[str], log: Progress, results: dict
+) -> dict:
+    """The --preview-decoder graph (into ``results``), then the preview map; returns the map's record."""
+    from .preview_decoder import PREVIEW_DECODER, export_preview_decoder
+    from .preview_map import write_preview_map
+
+    if options.preview_decoder is not None:
+        with log.stage(f"preview decoder {options.preview_decoder}"):
+            results[PREVIEW_DECODER] = export_preview_decoder(
+                Path(options.preview_decoder),
+                final,
+                pipe.vae.config.latent_channels,
+                options.opset,
+                providers,
+                options.validate,
+            )
+    with log.stage("preview map (fitted with the exported VAE decoder)"):
+        return write_preview_map(final, providers)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .preview_decoder import check_preview_decoder
 from .quantize import check_quantize
 from .targets import check_target
 
@@ -48,6 +49,7 @@ class ExportOptions:
     quantize: str | None = None  # "int8": dynamic weight quantization (CPU, fp32)
     allow_pickle: bool = False  # accept pickled weights (.ckpt/.pt/.bin), which can run code
     validate: bool = True  # compare every graph against its PyTorch module
+    preview_decoder: str | None = None  # an AutoencoderTiny folder exported as preview_decoder/
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -61,6 +63,7 @@ class ExportOptions:
         if self.batch is not None and self.batch < 1:
             raise ValueError(f"batch must be >= 1; got {self.batch}")
         check_quantize(self.quantize, self.target, self.dtype)
+        check_preview_decoder(self.preview_decoder)
 
     @property
     def images(self) -> int:

@@ -71,6 +71,7 @@ def write_sdlite_json(
     static_shape: dict | None,
     ort_shim: bool,
     validated_on: str | None,
+    preview: dict | None = None,
 ) -> None:
     """sdlite.json in `folder`: the options, what the run found, and the versions that made it."""
     write_json(
@@ -91,6 +92,7 @@ def write_sdlite_json(
             "io_dtype": "graph inputs/outputs use the component's dtype (float16 for fp16 graphs)",
             "ort_shim_fusion_attention_unet": ort_shim,
             "validated_on": validated_on,
+            "preview": preview,  # preview.json (sdlite.preview's map), or why it was not fitted
             "versions": versions(),
             "components": report.components,
         },
