@@ -27,6 +27,7 @@ import numpy as np
 from . import tensor_files as tf
 
 PICKLE_SUFFIXES = tf.PICKLE_SUFFIXES
+CONVERTER = "python -m sdlite.export convert-embedding IN OUT.safetensors"
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def load_embedding(path: str | Path, token: str | None, widths: list[int]) -> Em
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ValueError(
             f"{path.name}: pickle embedding files can run code when loaded, so sdlite does not read "
-            "them; convert it to .safetensors with the export extra (pip install 'sdlite[export]')"
+            f"them; convert it once with `{CONVERTER}` (the export extra: pip install 'sdlite[export]')"
         )
     if not path.is_file():
         raise FileNotFoundError(f"embedding file {str(path)!r} does not exist")
