@@ -44,6 +44,9 @@ def test_verdict_follows_the_median_ratio(measured):
     assert doc["goal_met"] == (doc["overhead"] <= doc["goal"])
     verdict = "met" if doc["goal_met"] else "MISSED"
     assert f"of generation time): {verdict}**" in md
+    q1, q3 = doc["overhead_quartiles"]
+    assert min(doc["overheads"]) <= q1 <= doc["overhead"] <= q3 <= max(doc["overheads"])
+    assert ("not settled by this run" in md) == (q3 - q1 > doc["goal"])
 
 
 def test_the_map_was_fitted_then_loaded_from_its_cache(measured):
