@@ -101,10 +101,9 @@ def map_error(pipe: Pipeline) -> dict[str, Any]:
     rows = []
     for prompt, seed, latents, image in zip(prompts, seeds, out.latents, out.images, strict=True):
         shown = np.asarray(pipe.preview_map.image(latents[None], w, h), np.float32) / 255
-        err = np.abs(shown - image)
-        grey = float(np.abs(0.5 - image).mean())
+        err, grey = np.abs(shown - image), float(np.abs(0.5 - image).mean())
         rows.append({"prompt": prompt, "seed": seed, "mean": float(err.mean()), "max": float(err.max())})
-        rows[-1]["grey_mean"] = grey
+        rows[-1]["grey_mean"] = grey  # a mid-grey image's error: what "no preview at all" scores
     means = [r["mean"] for r in rows]
     return {
         "images": rows,
@@ -116,6 +115,7 @@ def map_error(pipe: Pipeline) -> dict[str, Any]:
 
 
 def run(rounds: int = 31) -> dict[str, Any]:
+    machine_before = machine.describe(REPO)  # the load average before the work
     with tempfile.TemporaryDirectory(prefix="sdlite-preview-cost-") as tmp:
         pipe, fitting = warm_map(demo_copy(Path(tmp)))
         plain, shown = generation(pipe, False), generation(pipe, True)
@@ -131,7 +131,7 @@ def run(rounds: int = 31) -> dict[str, Any]:
     outside = [(a["outside_sessions"] - b["outside_sessions"]) / b["total"] for a, b in pairs]
     per_preview = [(a["outside_sessions"] - b["outside_sessions"]) / max(a["previews"], 1) for a, b in pairs]
     return {
-        "machine": machine.describe(REPO),
+        "machine": machine_before,
         "model": f"demo (a copy of the embedded model, {pipe.default_size} px)",
         "prompt": PROMPT,
         "sampler": pipe.preset.sampler,

@@ -125,10 +125,11 @@ def measure(pipe: Pipeline, prompt: str, negative: str | None, rounds: int) -> d
 
 
 def run(rounds: int = 31) -> dict[str, Any]:
+    machine_before = machine.describe(REPO)  # the load average before the work
     pipe = Pipeline.from_pretrained(demo_path(), "cpu", num_threads=THREADS)
     cases = {name: measure(pipe, p, n, rounds) for name, (p, n) in CASES.items()}
     return {
-        "machine": machine.describe(REPO),
+        "machine": machine_before,
         "model": f"demo (embedded, {pipe.default_size} px)",
         "sampler": pipe.preset.sampler,
         "steps": STEPS,
