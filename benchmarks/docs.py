@@ -97,6 +97,20 @@ SECTIONS = (
         "can reach the client before it reads the 413.",
     ),
     Section(
+        "Prompt processing: what a long weighted prompt costs",
+        "prompts_cost.md",
+        "Planning and encoding a 300-token prompt with A1111's weights and BREAK (and a negative prompt), "
+        "against one whole 20-step generation of the same texts on the demo model, alternating rounds "
+        "(`python -m benchmarks.prompts_cost`).",
+    ),
+    Section(
+        "Live previews: what they cost and how close they are",
+        "preview_cost.md",
+        "A 20-step generation on the demo model with a preview after every step against the same without, "
+        "alternating rounds; the fitted latent-to-RGB map's error against the VAE's image "
+        "(`python -m benchmarks.preview_cost`).",
+    ),
+    Section(
         "Few-step generation",
         "fewstep.md",
         "SD-Turbo-style generation (euler_a, trailing spacing, guidance 0) on the tiny model, against "
