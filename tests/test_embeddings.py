@@ -112,7 +112,7 @@ def test_bad_embeddings_refused_and_pipeline_unchanged(tiny_sd1_onnx, tmp_path):
     session = ours.text_encoder
     pickle = tmp_path / "style.pt"
     pickle.write_bytes(b"not read")
-    with pytest.raises(ValueError, match=r"style\.pt: pickle .* convert it to \.safetensors"):
+    with pytest.raises(ValueError, match=r"style\.pt: pickle .* convert-embedding IN OUT\.safetensors"):
         ours.load_textual_inversion(pickle)
     wide = tmp_path / "wide.safetensors"
     safetensors_numpy.save_file({"emb_params": vectors(2, 768, 0)}, str(wide))
