@@ -316,7 +316,7 @@ class Pipeline:
                 self.unet.bind_constant(name, value)
             pred = self._predict(req, scheduler.scale_model_input(x, t), t_feeds[i], inpainting)
             if req.preview is not None and ((i + 1) % req.preview_every == 0 or i + 1 == total):
-                self._preview(req, i + 1, total, pv.denoised(scheduler, x, pred))
+                self._preview(req, i + 1, total, scheduler.denoised(pred, t, x))
             noise = lat.draw_noise(req.rngs, req.latent_shape) if stochastic else None
             x = scheduler.step(pred, t, x, noise=noise)
             if inpainting is not None:

@@ -185,17 +185,3 @@ def for_pipeline(graph: Any, folder: Any, vae: Any) -> PreviewMap:
         None if vae.encoder is None else encode,
     )
     return for_folder(folder.path, dec)
-
-
-def denoised(scheduler: Any, x: np.ndarray, model_output: np.ndarray) -> np.ndarray:
-    """The data prediction x0 at the scheduler's current call, in the caller's latent scale."""
-    sigmas, k = getattr(scheduler, "sigmas", None), getattr(scheduler, "step_index", None)
-    space = getattr(getattr(scheduler, "spec", None), "space", None)
-    prediction = getattr(scheduler, "prediction_type", "epsilon")
-    if sigmas is None or k is None or space not in ("vp", "ve") or prediction == "sample":
-        return model_output if prediction == "sample" else x
-    s = float(sigmas[k])
-    x_ve = x * np.float32(math.sqrt(s * s + 1.0)) if space == "vp" else x
-    if prediction == "v_prediction":
-        return x_ve / np.float32(s * s + 1.0) - model_output * np.float32(s / math.sqrt(s * s + 1.0))
-    return x_ve - model_output * np.float32(s)

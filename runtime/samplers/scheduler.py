@@ -273,6 +273,14 @@ class Scheduler:
             return rng.standard_normal(sample.shape, dtype=dtype)
         return rng.standard_normal(sample.shape, dtype=np.float32).astype(dtype)
 
+    def denoised(self, model_output: np.ndarray, timestep: Any, sample: np.ndarray) -> np.ndarray:
+        """The data prediction x0 at ``timestep``'s call, as ``step`` hands it to the sampler
+        (before any clipping), in the caller's latent scale: what a live preview shows."""
+        k = self._current(timestep)
+        model_output, sample, _ = _checked_arrays(model_output, sample, None)
+        x = sample * self._c_list[k] if self._vp else sample
+        return denoised_from(model_output, x, self._sigmas_list[k], self.prediction_type)
+
     def step(
         self,
         model_output: np.ndarray,
