@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -53,3 +55,34 @@ def save_figure(plt: ModuleType, fig, path: Path, **savefig) -> Path:
 
 
 CHARTS_SKIPPED = "charts skipped: matplotlib is not installed (pip install '.[bench]')"
+
+
+def write_study(out: Path, name: str, doc: dict, markdown: str) -> dict[str, Path]:
+    """``out/NAME.json`` and ``out/NAME.md``, each written whole or not at all."""
+    return {"json": write_json(out / f"{name}.json", doc), "md": atomic_write(out / f"{name}.md", markdown)}
+
+
+def rounds_main(
+    argv: list[str] | None,
+    module: str,
+    description: str,
+    run: Callable[[int], dict],
+    markdown: Callable[[dict], str],
+    write: Callable[[dict, Path], dict[str, Path]],
+    results: Path,
+    rounds: int = 31,
+) -> int:
+    """``python -m benchmarks.MODULE [--rounds N] [--out DIR]`` for a study timed in rounds."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{module}", description=description)
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"alternating rounds (default {rounds})")
+    parser.add_argument(
+        "--out", type=Path, default=results, help="results folder (default benchmarks/results)"
+    )
+    args = parser.parse_args(argv)
+    if not 1 <= args.rounds <= 1000:
+        parser.error("--rounds must be in [1, 1000]")
+    doc = run(args.rounds)
+    paths = write(doc, args.out)
+    print(markdown(doc))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

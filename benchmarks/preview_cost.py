@@ -17,7 +17,6 @@ decoded image, for a few prompts and seeds; a mid-grey image's difference is giv
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import tempfile
@@ -30,7 +29,7 @@ from sdlite import Pipeline, preview
 from sdlite.models import demo_path
 
 from benchmarks import machine
-from benchmarks.common import atomic_write, write_json
+from benchmarks.common import rounds_main, write_study
 from benchmarks.docs import REPO, RESULTS
 from benchmarks.prompts_cost import GUIDANCE, STEPS, THREADS, Timed, alternate, spread
 
@@ -256,28 +255,11 @@ def _error_lines(doc: dict[str, Any]) -> list[str]:
 
 def write(doc: dict[str, Any], out: Path = RESULTS) -> dict[str, Path]:
     """preview_cost.json and preview_cost.md, each written whole or not at all."""
-    return {
-        "json": write_json(out / "preview_cost.json", doc),
-        "md": atomic_write(out / "preview_cost.md", markdown(doc)),
-    }
+    return write_study(out, "preview_cost", doc, markdown(doc))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.preview_cost", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--rounds", type=int, default=31, help="alternating rounds (default 31)")
-    parser.add_argument(
-        "--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)"
-    )
-    args = parser.parse_args(argv)
-    if not 1 <= args.rounds <= 1000:
-        parser.error("--rounds must be in [1, 1000]")
-    doc = run(args.rounds)
-    paths = write(doc, args.out)
-    print(markdown(doc))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return rounds_main(argv, "preview_cost", __doc__.splitlines()[0], run, markdown, write, RESULTS)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ the order swapped every round; the figure judged is the median of the rounds' ra
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from sdlite.models import demo_path
 from sdlite.prompt_encoding import chunk_tokens
 
 from benchmarks import machine
-from benchmarks.common import atomic_write, write_json
+from benchmarks.common import rounds_main, write_study
 from benchmarks.docs import REPO, RESULTS
 
 STEPS = 20
@@ -194,28 +193,11 @@ def _range(values: list[float]) -> str:
 
 def write(doc: dict[str, Any], out: Path = RESULTS) -> dict[str, Path]:
     """prompts_cost.json and prompts_cost.md, each written whole or not at all."""
-    return {
-        "json": write_json(out / "prompts_cost.json", doc),
-        "md": atomic_write(out / "prompts_cost.md", markdown(doc)),
-    }
+    return write_study(out, "prompts_cost", doc, markdown(doc))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.prompts_cost", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--rounds", type=int, default=31, help="alternating rounds per prompt (default 31)")
-    parser.add_argument(
-        "--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)"
-    )
-    args = parser.parse_args(argv)
-    if not 1 <= args.rounds <= 1000:
-        parser.error("--rounds must be in [1, 1000]")
-    doc = run(args.rounds)
-    paths = write(doc, args.out)
-    print(markdown(doc))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return rounds_main(argv, "prompts_cost", __doc__.splitlines()[0], run, markdown, write, RESULTS)
 
 
 if __name__ == "__main__":
