@@ -12,27 +12,9 @@ import httpx
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
-from server_helpers import Served, decode_png, metric, start_server, stop_server
+from server_helpers import Served, decode_png, metric, start_server, stop_server, write_lora
 
-TO_Q = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q"  # 48 x 48 in the demo U-Net
-CONV = "unet.down_blocks.0.resnets.0.conv1"  # 32 x 32 x 3 x 3
 STEPS = 4
-
-
-def _lora(path, seed: int, conv: bool = False) -> None:
-    """A diffusers/PEFT LoRA file with random weights: a visible change to the demo model's image."""
-    rng = np.random.default_rng(seed)
-    if conv:
-        tensors = {
-            f"{CONV}.lora_A.weight": rng.standard_normal((4, 32, 3, 3)).astype(np.float32) * 0.2,
-            f"{CONV}.lora_B.weight": rng.standard_normal((32, 4, 1, 1)).astype(np.float32) * 0.2,
-        }
-    else:
-        tensors = {
-            f"{TO_Q}.lora_A.weight": rng.standard_normal((4, 48)).astype(np.float32),
-            f"{TO_Q}.lora_B.weight": rng.standard_normal((48, 4)).astype(np.float32),
-        }
-    save_file(tensors, str(path), metadata={"ss_output_name": f"{path.stem}-alias"})
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +22,8 @@ def folders(tmp_path_factory) -> tuple:
     root = tmp_path_factory.mktemp("extras")
     (root / "loras" / "sub").mkdir(parents=True)
     (root / "embeddings").mkdir()
-    _lora(root / "loras" / "inky.safetensors", 1)
-    _lora(root / "loras" / "sub" / "grainy.safetensors", 2, conv=True)
+    write_lora(root / "loras" / "inky.safetensors", 1)
+    write_lora(root / "loras" / "sub" / "grainy.safetensors", 2, conv=True)
     vectors = np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)
     save_file({"emb_params": vectors}, str(root / "embeddings" / "shiny.safetensors"))
     return root / "loras", root / "embeddings"
@@ -74,7 +56,7 @@ def test_loras_are_listed_in_a1111_shape_and_refreshed(extras_server, folders):
     inky = next(e for e in listed if e["name"] == "inky")
     assert inky["alias"] == "inky-alias" and inky["path"].endswith("inky.safetensors")
     assert inky["metadata"]["ss_output_name"] == "inky-alias"
-    _lora(folders[0] / "late.safetensors", 4)
+    write_lora(folders[0] / "late.safetensors", 4)
     try:
         assert "late" not in [e["name"] for e in httpx.get(f"{extras_server.url}/sdapi/v1/loras").json()]
         assert httpx.post(f"{extras_server.url}/sdapi/v1/refresh-loras").status_code == 200
