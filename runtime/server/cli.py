@@ -279,6 +279,8 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         app = create_app(pipe, settings)
+        for note in app.server.extras.notes():  # files skipped in the folders: said once, at start
+            print(f"sdlite serve: warning: {note}", file=sys.stderr)
         config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         sock.listen(2048)

@@ -24,6 +24,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from ..networks import LORA_KINDS, EmbeddingLibrary, LoraLibrary
 from ..prompts import parse_extra_networks
@@ -64,6 +65,7 @@ class Extras:
     ) -> None:
         self.pipe = pipe
         self.pipe_lock = pipe_lock  # the batcher's: a LoRA is registered on the pipe between calls
+        self.index_lock = threading.Lock()  # a refresh rebuilds the index that resolving reads
         self.loras = LoraLibrary(lora_dir)  # None: no folder, every LoRA tag is unknown
         self.embeddings = EmbeddingLibrary(embeddings_dir) if embeddings_dir is not None else None
         if self.embeddings is not None:
@@ -88,21 +90,39 @@ class Extras:
 
     def _resolve(self, text: str, field: str, locked: bool) -> tuple[str, dict[str, float]]:
         try:
-            if not locked:  # every LoRA is registered already: resolving only reads the pipe
-                return self.loras.resolve(self.pipe, text, field)
-            with self.pipe_lock:  # registering one changes the pipe: never while it runs
-                return self.loras.resolve(self.pipe, text, field)
+            with self.index_lock:
+                if not locked:  # every LoRA is registered already: resolving only reads the pipe
+                    return self.loras.resolve(self.pipe, text, field)
+                with self.pipe_lock:  # registering one changes the pipe: never while it runs
+                    return self.loras.resolve(self.pipe, text, field)
         except RuleError:
             raise
         except (ValueError, OSError) as err:  # a file that cannot be loaded: the client's tag named it
             raise _invalid(field, ValueError(str(err)), text) from None
 
+    def notes(self) -> list[str]:
+        """What the folders hold that is not used: repeated names, unreadable or unloadable files."""
+        out = list(self.loras.notes)
+        if self.embeddings is not None:
+            out += self.embeddings.notes
+            out += [f"embedding {name!r} not loaded: {err}" for name, err in self.embeddings.errors.items()]
+            out += [
+                f"embedding {name!r} skipped: made for another model family"
+                for name in self.embeddings.skipped
+            ]
+        return out
+
     def lora_entries(self) -> list[dict[str, Any]]:
         return self.loras.entries()
 
-    def refresh(self) -> None:
-        with self.pipe_lock:  # resolving reads the index
-            self.loras.refresh()
+    def refresh(self) -> str | None:
+        """Read the LoRA folder again; what went wrong (the folder is gone), or None."""
+        try:
+            with self.index_lock:  # not the pipe's: a refresh need not wait for the running batch
+                self.loras.refresh()
+        except OSError as err:
+            return f"cannot read the LoRA folder: {err}"
+        return None
 
     def embedding_entries(self) -> dict[str, Any]:
         return NO_EMBEDDINGS if self.embeddings is None else self.embeddings.entries()
@@ -115,7 +135,9 @@ def add_extra_network_routes(app: FastAPI, extras: Extras) -> None:
 
     @app.post("/sdapi/v1/refresh-loras")
     async def refresh_loras() -> Any:
-        await asyncio.to_thread(extras.refresh)
+        problem = await asyncio.to_thread(extras.refresh)
+        if problem is not None:  # the list stays as it was
+            return JSONResponse({"detail": problem}, status_code=500)
         return None  # as A1111
 
     @app.get("/sdapi/v1/embeddings")
