@@ -153,6 +153,7 @@ class Server:
             return JSONResponse(
                 {"detail": f"generation failed: {type(err).__name__}: {err}"}, status_code=500
             )
+        self.extras.restore_tags(job, result)
         self.metrics.images.inc(len(result.images))
         self.metrics.latency.observe(time.perf_counter() - t0)
         return result

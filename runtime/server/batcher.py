@@ -81,6 +81,7 @@ class Job:
     cancelled: bool = False
     interrupted: bool = False
     preview: Any = None  # (step, PIL image): the latest preview while running, None once it ends
+    written: tuple[str, str] | None = None  # the prompts as sent, when LoRA tags were taken out
     _results: dict[int, tuple[Any, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

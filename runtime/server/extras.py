@@ -26,10 +26,10 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ..networks import LORA_KINDS, EmbeddingLibrary, LoraLibrary
+from ..networks import LORA_KINDS, EmbeddingLibrary, LoraLibrary, written_parameters
 from ..prompts import parse_extra_networks
 from ..rules import RuleError
-from .batcher import Job
+from .batcher import Job, JobResult
 
 NO_EMBEDDINGS = {"loaded": {}, "skipped": {}}
 
@@ -83,10 +83,19 @@ class Extras:
         prompt, pos_set = await asyncio.to_thread(resolve, job.prompts[0], "prompt", locked)
         chosen = {name: pos_set.get(name, 0.0) + neg_set.get(name, 0.0) for name in {*pos_set, *neg_set}}
         loras = tuple(sorted((name, float(w)) for name, w in chosen.items() if w != 0))
+        job.written = (job.prompts[0], job.negatives[0])
         job.prompts = [prompt] * job.size
         job.negatives = [negative] * job.size
         job.key = dataclasses.replace(job.key, loras=loras)
         return job
+
+    @staticmethod
+    def restore_tags(job: Job, result: JobResult) -> None:
+        """The images' ``parameters`` with the prompts as sent, tags and all (as A1111 writes them)."""
+        if job.written is not None:
+            sent = (job.prompts[0], job.negatives[0] or None)
+            written = (job.written[0], job.written[1] or None)
+            result.parameters = [written_parameters(p, sent, written) for p in result.parameters]
 
     def _resolve(self, text: str, field: str, locked: bool) -> tuple[str, dict[str, float]]:
         try:

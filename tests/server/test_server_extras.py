@@ -5,6 +5,7 @@ a model call, and /sdapi/v1/progress shows the running job's picture."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 
@@ -106,6 +107,13 @@ def test_a_lora_tag_gives_the_python_apis_image(extras_server, folders, demo_pip
     plain = np.asarray(demo_pipe("a cat", **kw).images[0])
     assert not np.array_equal(expected, plain)  # the LoRA changes the picture
     np.testing.assert_array_equal(_pixels(_txt2img(extras_server.url, "a cat<lora:inky:0.8>")), expected)
+    tagged = _txt2img(extras_server.url, "a cat<lora:inky:0.8>", negative_prompt="<lora:inky:0>blur")
+    with_negative = demo_pipe("a cat", negative_prompt="blur", loras={"inky": 0.8}, **kw).images[0]
+    np.testing.assert_array_equal(_pixels(tagged), np.asarray(with_negative))
+    # As A1111: the PNG's parameters and the info keep the prompts as written, tags and all.
+    written = "a cat<lora:inky:0.8>\nNegative prompt: <lora:inky:0>blur\n"
+    assert decode_png(tagged.json()["images"][0]).text["parameters"].startswith(written)
+    assert json.loads(tagged.json()["info"])["infotexts"][0].startswith(written)
     # By its alias, in OpenAI's route and with the tag in the negative prompt: the same set.
     np.testing.assert_array_equal(
         _pixels(_txt2img(extras_server.url, "<lora:inky-alias:0.8>a cat")), expected
