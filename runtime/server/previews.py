@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import threading
+import weakref
 from typing import Any
 
 from .batcher import Batcher
@@ -21,7 +22,8 @@ class Previews:
     def __init__(self, batcher: Batcher) -> None:
         self.batcher = batcher
         self._lock = threading.Lock()
-        self._last: tuple[Any, int, str] | None = None  # (job, step, base64 PNG): the latest encoded
+        # (job, step, base64 PNG), the latest encoded; weak: a finished job (its images) is not kept
+        self._last: tuple[weakref.ref, int, str] | None = None
 
     async def current_image(self, task_id: str | None, skip: bool) -> str | None:
         """Base64 PNG of the latest preview of ``task_id`` (default: the running job), or None."""
@@ -36,11 +38,11 @@ class Previews:
     def _encoded(self, job: Any, step: int, image: Any) -> str:
         with self._lock:
             last = self._last
-            if last is not None and last[0] is job and last[1] == step:
+            if last is not None and last[0]() is job and last[1] == step:
                 return last[2]
         buf = io.BytesIO()
         image.save(buf, format="PNG", compress_level=1)  # small images, read once: speed over size
         b64 = base64.b64encode(buf.getvalue()).decode("ascii")
         with self._lock:
-            self._last = (job, step, b64)  # holds one finished job at most, until the next preview
+            self._last = (weakref.ref(job), step, b64)
         return b64
