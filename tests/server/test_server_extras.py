@@ -5,6 +5,8 @@ a model call, and /sdapi/v1/progress shows the running job's picture."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 from safetensors.numpy import save_file
 from server_helpers import Served, decode_png, metric, start_server, stop_server, write_lora
 
@@ -93,7 +96,15 @@ def test_embeddings_are_listed_in_a1111_shape_and_used(extras_server, folders, d
     ids=["unknown", "unknown-negative", "path", "weight", "hypernet"],
 )
 def test_bad_lora_tags_are_a_422_naming_the_field(extras_server, body, field):
-    for route, extra in (("/sdapi/v1/txt2img", {"steps": 1}), ("/v1/images/generations", {"steps": 1})):
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buf, format="PNG")
+    init = {"steps": 2, "init_images": [base64.b64encode(buf.getvalue()).decode("ascii")]}
+    routes = (
+        ("/sdapi/v1/txt2img", {"steps": 1}),
+        ("/sdapi/v1/img2img", init),
+        ("/v1/images/generations", {}),
+    )
+    for route, extra in routes:
         r = httpx.post(f"{extras_server.url}{route}", json={**body, **extra}, timeout=60)
         assert r.status_code == 422, r.text
         assert r.json()["detail"][0]["loc"] == ["body", field], r.text
