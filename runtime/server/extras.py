@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,9 @@ class Extras:
         prompt, pos_set = await asyncio.to_thread(resolve, job.prompts[0], "prompt", locked)
         chosen = {name: pos_set.get(name, 0.0) + neg_set.get(name, 0.0) for name in {*pos_set, *neg_set}}
         loras = tuple(sorted((name, float(w)) for name, w in chosen.items() if w != 0))
+        for name, weight in loras:  # each tag's weight is finite, but 1e308 twice is not
+            if not math.isfinite(weight):
+                raise RuleError("prompt", f"LoRA weights for {name!r} that add up to a finite number", weight)
         job.written = (job.prompts[0], job.negatives[0])
         job.prompts = [prompt] * job.size
         job.negatives = [negative] * job.size

@@ -92,8 +92,9 @@ def test_embeddings_are_listed_in_a1111_shape_and_used(extras_server, folders, d
         ({"prompt": "a cat <lora:/etc/inky.safetensors:1>"}, "prompt"),
         ({"prompt": "a cat <lora:inky:lots>"}, "prompt"),
         ({"prompt": "a cat <hypernet:inky:1>"}, "prompt"),
+        ({"prompt": "<lora:inky:1e308> <lora:inky:1e308>"}, "prompt"),
     ],
-    ids=["unknown", "unknown-negative", "path", "weight", "hypernet"],
+    ids=["unknown", "unknown-negative", "path", "weight", "hypernet", "sum"],
 )
 def test_bad_lora_tags_are_a_422_naming_the_field(extras_server, body, field):
     buf = io.BytesIO()
