@@ -14,9 +14,15 @@ Routes (``app.py``):
   response_format "b64_json" only: "url" is a 422, the server keeps no files) -> ``{"created",
   "data": [{"b64_json", "revised_prompt"}]}``; sdlite extensions: negative_prompt, seed, steps,
   guidance_scale, sampler.
-- ``GET /sdapi/v1/progress[?id_task=]``, ``POST /sdapi/v1/interrupt[?id_task=]`` (the running
-  batch, or one task; its client gets 409), ``GET /sdapi/v1/samplers``, ``/sdapi/v1/sd-models``,
-  ``/sdapi/v1/options``; ``GET /health``; ``GET /metrics`` (Prometheus); ``GET /`` the page.
+- ``GET /sdapi/v1/progress[?id_task=][&skip_current_image=true]`` (``current_image``: a base64
+  PNG of the job's latest live preview, every ``--preview-every`` steps; ``previews.py``),
+  ``POST /sdapi/v1/interrupt?id_task=`` (one task; its client gets 409), ``GET /sdapi/v1/samplers``,
+  ``/sdapi/v1/sd-models``, ``/sdapi/v1/options``; ``GET /health``; ``GET /metrics``
+  (Prometheus); ``GET /`` the page.
+- ``<lora:NAME:WEIGHT>`` tags in prompts and negative prompts name files of ``--lora-dir``;
+  ``GET /sdapi/v1/loras``, ``POST /sdapi/v1/refresh-loras``; ``--embeddings-dir``'s textual
+  inversions are loaded at start, ``GET /sdapi/v1/embeddings`` (``extras.py``).  Requests with
+  different LoRA sets never share a model call.
 
 Status codes: 422 names the field (FastAPI's body: ``detail[].loc``), 429 with Retry-After when
 ``--queue`` requests already wait, 413 for a body over ``--max-body-bytes``, 401 without the

@@ -30,8 +30,10 @@ from ..samplers.names import A1111
 from . import jobs
 from .batcher import Batcher, BatchKey, Interrupted, Job, JobResult, QueueFull, TaskIdInUse
 from .errors import add_error_handlers
+from .extras import Extras, add_extra_network_routes
 from .guards import guard
 from .metrics import CONTENT_TYPE, Metrics
+from .previews import Previews
 from .schemas import A1111Img2Img, A1111Txt2Img, OpenAIImages
 
 try:
@@ -51,6 +53,9 @@ class Settings:
     max_body_bytes: int = 20 * 2**20
     body_timeout: float = 30.0  # seconds to receive a request body (slow clients hold a connection)
     allowed_hosts: tuple[str, ...] | None = None  # None: no Host check; () loopback names only
+    lora_dir: Path | None = None  # <lora:NAME:W> tags and /sdapi/v1/loras (server/extras.py)
+    embeddings_dir: Path | None = None  # textual inversions loaded at start, /sdapi/v1/embeddings
+    preview_every: int = 2  # a live preview (progress's current_image) every N steps; 0: none
 
 
 def _invalid(loc: tuple[Any, ...], msg: str, value: Any = None) -> RequestValidationError:
@@ -89,8 +94,15 @@ class Server:
         self.settings = settings
         self.metrics = Metrics()
         self.batcher = Batcher(
-            pipe, settings.max_batch, settings.batch_window_ms / 1000, settings.queue, self.metrics
+            pipe,
+            settings.max_batch,
+            settings.batch_window_ms / 1000,
+            settings.queue,
+            self.metrics,
+            settings.preview_every,
         )
+        self.extras = Extras(pipe, settings.lora_dir, settings.embeddings_dir, self.batcher.pipe_lock)
+        self.previews = Previews(self.batcher)
         self.metrics.queue_depth.read = self.batcher.depth
         self.model_name = pipe.folder.name
         # What a request that leaves them out gets: the model family's preset (SD: UniPC, 20 steps,
@@ -104,6 +116,7 @@ class Server:
 
     async def generate(self, request: Request, job: Job) -> JobResult | Response:
         t0 = time.perf_counter()
+        job = await self.extras.apply(job)  # LoRA tags -> the job's LoRA set (422 if unknown)
         try:
             self.batcher.submit(job)
         except QueueFull as err:
@@ -138,6 +151,7 @@ class Server:
             return JSONResponse(
                 {"detail": f"generation failed: {type(err).__name__}: {err}"}, status_code=500
             )
+        self.extras.restore_tags(job, result)
         self.metrics.images.inc(len(result.images))
         self.metrics.latency.observe(time.perf_counter() - t0)
         return result
@@ -229,7 +243,7 @@ def _add_generation_routes(app: FastAPI, server: Server) -> None:
 
 def _add_progress_routes(app: FastAPI, server: Server) -> None:
     @app.get("/sdapi/v1/progress")
-    async def progress(id_task: str | None = None) -> Any:
+    async def progress(id_task: str | None = None, skip_current_image: bool = False) -> Any:
         p = server.batcher.progress(id_task)
         fraction = p["step"] / p["total"] if p["total"] else 0.0
         return {
@@ -246,7 +260,7 @@ def _add_progress_routes(app: FastAPI, server: Server) -> None:
                 "sampling_steps": p["total"],
                 "queue_position": p["queued"],
             },
-            "current_image": None,
+            "current_image": await server.previews.current_image(id_task, skip_current_image),
             "textinfo": p["state"],
         }
 
@@ -335,6 +349,7 @@ def create_app(pipe: Any, settings: Settings | None = None) -> Any:
     _add_generation_routes(app, server)
     _add_progress_routes(app, server)
     _add_info_routes(app, server)
+    add_extra_network_routes(app, server.extras)
     guarded: Any = guard(
         app,
         api_key=settings.api_key,

@@ -35,6 +35,9 @@ class BatchKey:
     sampler: str | None  # None: the model's preset sampler (with its options)
     guidance: float
     strength: float | None  # None: text-to-image
+    # (name, weight) in name order.  Part of the key because sdlite merges a LoRA set into the
+    # weights for the whole call: requests with different sets cannot share one U-Net call.
+    loras: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -77,6 +80,8 @@ class Job:
     running: bool = False
     cancelled: bool = False
     interrupted: bool = False
+    preview: Any = None  # (step, PIL image): the latest preview while running, None once it ends
+    written: tuple[str, str] | None = None  # the prompts as sent, when LoRA tags were taken out
     _results: dict[int, tuple[Any, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,8 +101,19 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, pipe: Any, max_batch: int, window: float, queue_size: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        max_batch: int,
+        window: float,
+        queue_size: int,
+        metrics: Metrics,
+        preview_every: int = 0,
+    ) -> None:
         self.pipe = pipe
+        # Only the worker calls the pipe; anything else that changes it (loading a LoRA) holds this.
+        self.pipe_lock = threading.Lock()
+        self.preview_every = preview_every  # 0: no previews
         self.max_batch = max_batch
         self.window = window
         self.queue_size = queue_size
@@ -180,6 +196,7 @@ class Batcher:
             self._queue.remove(job)
         if self._tasks.get(job.task_id) is job:
             del self._tasks[job.task_id]
+        job.preview = None
 
     def progress(self, task_id: str | None = None) -> dict[str, Any]:
         """Where a job is: ``state`` queued/running/unknown, ``step``/``total``, jobs ahead of it."""
@@ -199,6 +216,17 @@ class Batcher:
                 "eta": self._batch_seconds * (ahead / self.max_batch + 1) * (1 - _fraction(job)),
             }
 
+    def preview(self, task_id: str | None = None) -> tuple[Any, Any] | None:
+        """The latest preview of ``task_id`` (default: the running job) as (job, (step, image))."""
+        with self._cond:
+            if task_id is None:
+                job = next((j for j in self._running if j.wanted), None)
+            else:
+                job = self._tasks.get(task_id)
+            if job is None or job.preview is None:
+                return None
+            return job, job.preview
+
     def _retry_after(self) -> int:
         batches = math.ceil(sum(j.size for j in self._queue) / self.max_batch) + 1
         return max(1, math.ceil(batches * (self._batch_seconds or 1.0)))
@@ -206,6 +234,11 @@ class Batcher:
     # --- the worker -------------------------------------------------------------------------
 
     def _work(self) -> None:
+        if self.preview_every:
+            try:  # fitted once, before any request waits on it; a model it fails on gets no previews
+                self.pipe.preview_map  # noqa: B018
+            except Exception:
+                self.preview_every = 0
         while True:
             parts = self._take_batch()
             if parts is None:
@@ -282,19 +315,42 @@ class Batcher:
     def _call_model(self, parts: list[tuple[Job, int, int]], on_step: Any) -> Any:
         key = parts[0][0].key
         images = None if key.strength is None else [im for job, lo, hi in parts for im in job.images[lo:hi]]
-        return self.pipe(
-            [p for job, lo, hi in parts for p in job.prompts[lo:hi]],
-            negative_prompt=[p for job, lo, hi in parts for p in job.negatives[lo:hi]],
-            num_inference_steps=key.steps,
-            guidance_scale=key.guidance,
-            height=key.height,
-            width=key.width,
-            sampler=key.sampler,
-            seed=[s for job, lo, hi in parts for s in job.seeds[lo:hi]],
-            image=images,
-            strength=key.strength,
-            callback=on_step,
-        )
+        preview = self._previewer(parts, key.width) if self.preview_every else None
+        with self.pipe_lock:
+            return self.pipe(
+                [p for job, lo, hi in parts for p in job.prompts[lo:hi]],
+                negative_prompt=[p for job, lo, hi in parts for p in job.negatives[lo:hi]],
+                num_inference_steps=key.steps,
+                guidance_scale=key.guidance,
+                height=key.height,
+                width=key.width,
+                sampler=key.sampler,
+                seed=[s for job, lo, hi in parts for s in job.seeds[lo:hi]],
+                image=images,
+                strength=key.strength,
+                callback=on_step,
+                preview=preview,
+                preview_every=self.preview_every or 1,
+                loras=dict(key.loras) or None,
+            )
+
+    def _previewer(self, parts: list[tuple[Job, int, int]], width: int) -> Any:
+        """The pipe's preview callback: each wanted job keeps only its latest picture, its first
+        image's tile of the batch's sheet (encoded only when someone asks, see ``progress``)."""
+        offsets, offset = [], 0
+        for job, lo, hi in parts:
+            offsets.append((job, offset))
+            offset += hi - lo
+
+        def keep(step: int, total: int, sheet: Any) -> None:
+            for job, at in offsets:
+                if job.wanted:
+                    tile = sheet.crop((at * width, 0, (at + 1) * width, sheet.height))
+                    with self._cond:
+                        if job.wanted and job.task_id in self._tasks:
+                            job.preview = (step, tile)
+
+        return keep
 
     def _deliver(self, parts: list[tuple[Job, int, int]], out: Any) -> None:
         """Each job gets its share of the batch's images; a job with all of them is done."""

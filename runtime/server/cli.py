@@ -21,6 +21,7 @@ from ..arg_types import pixel_budget_help as _pixels_help
 DEFAULT_MAX_BODY = 20 * 2**20  # an img2img request carries base64 images: 20 MiB fits several 2K PNGs
 DEFAULT_BODY_TIMEOUT = 30.0  # 20 MiB in 30 s is ~5.6 Mbit/s; slower links raise --body-timeout
 API_KEY_ENV = "SDLITE_API_KEY"
+DEFAULT_PREVIEW_EVERY = 2  # a preview is a cheap linear map of the latents; every step is not needed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     _add_security_options(s)
     _add_runtime_options(s)
+    _add_network_options(s)
 
 
 def _add_security_options(s: argparse.ArgumentParser) -> None:
@@ -119,6 +121,30 @@ def _add_runtime_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
+def _add_network_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--lora-dir",
+        metavar="DIR",
+        default=None,
+        help="LoRA files (.safetensors) that prompts name with <lora:NAME:WEIGHT> tags; "
+        "listed at /sdapi/v1/loras (default: none, and a tag is an error)",
+    )
+    s.add_argument(
+        "--embeddings-dir",
+        metavar="DIR",
+        default=None,
+        help="textual inversion embeddings (.safetensors) loaded at start; listed at /sdapi/v1/embeddings",
+    )
+    s.add_argument(
+        "--preview-every",
+        metavar="N",
+        type=_int,
+        default=DEFAULT_PREVIEW_EVERY,
+        help="a live preview (/sdapi/v1/progress's current_image) every N steps; 0: none "
+        f"(default {DEFAULT_PREVIEW_EVERY})",
+    )
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Every argument checked before the model loads (ValueError naming the option)."""
     if not 0 <= args.port <= 65535:
@@ -142,6 +168,15 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--allowed-host must be a host name or address, got {name!r}")
     if args.threads is not None and args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    _check_network_args(args)
+
+
+def _check_network_args(args: argparse.Namespace) -> None:
+    for option, folder in (("--lora-dir", args.lora_dir), ("--embeddings-dir", args.embeddings_dir)):
+        if folder is not None and not os.path.isdir(folder):
+            raise ValueError(f"{option} must be an existing folder, got {folder!r}")
+    if not 0 <= args.preview_every <= 10_000:
+        raise ValueError(f"--preview-every must be in [0, 10000] (0: no previews), got {args.preview_every}")
 
 
 def _check_key(key: str, source: str) -> str:
@@ -233,6 +268,9 @@ def run(args: argparse.Namespace) -> int:
             body_timeout=args.body_timeout,
             # On loopback only local names may reach it (DNS rebinding); elsewhere the names given.
             allowed_hosts=tuple(args.allowed_host) if loopback or args.allowed_host else None,
+            lora_dir=Path(args.lora_dir) if args.lora_dir else None,
+            embeddings_dir=Path(args.embeddings_dir) if args.embeddings_dir else None,
+            preview_every=args.preview_every,
         )
         if not loopback and key is None:
             print(
@@ -241,6 +279,8 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         app = create_app(pipe, settings)
+        for note in app.server.extras.notes():  # files skipped in the folders: said once, at start
+            print(f"sdlite serve: warning: {note}", file=sys.stderr)
         config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         sock.listen(2048)

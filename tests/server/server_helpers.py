@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from typing import IO
 
 import httpx
+import numpy as np
 from PIL import Image
+from safetensors.numpy import save_file
 
 API_KEY = "test-key-123"
+TO_Q = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q"  # 48 x 48 in the demo U-Net
+CONV = "unet.down_blocks.0.resnets.0.conv1"  # 32 x 32 x 3 x 3
 # httpx must not route loopback requests through a proxy from the environment.
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
@@ -86,3 +90,19 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     raise KeyError(name)
+
+
+def write_lora(path, seed: int, conv: bool = False) -> None:
+    """A diffusers/PEFT LoRA file with random weights: a visible change to the demo model's image."""
+    rng = np.random.default_rng(seed)
+    if conv:
+        tensors = {
+            f"{CONV}.lora_A.weight": rng.standard_normal((4, 32, 3, 3)).astype(np.float32) * 0.2,
+            f"{CONV}.lora_B.weight": rng.standard_normal((32, 4, 1, 1)).astype(np.float32) * 0.2,
+        }
+    else:
+        tensors = {
+            f"{TO_Q}.lora_A.weight": rng.standard_normal((4, 48)).astype(np.float32),
+            f"{TO_Q}.lora_B.weight": rng.standard_normal((48, 4)).astype(np.float32),
+        }
+    save_file(tensors, str(path), metadata={"ss_output_name": f"{path.stem}-alias"})

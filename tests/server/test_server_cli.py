@@ -36,6 +36,9 @@ sys.exit(main(sys.argv[1:]))
         (["--api-key-file", "/nonexistent/key"], "--api-key-file"),
         (["--body-timeout", "0"], "--body-timeout"),
         (["--allowed-host", "two words"], "--allowed-host"),
+        (["--lora-dir", "/nonexistent/loras"], "--lora-dir"),
+        (["--embeddings-dir", "/nonexistent/embeddings"], "--embeddings-dir"),
+        (["--preview-every", "-1"], "--preview-every"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_option(args, named, capsys):
