@@ -61,6 +61,11 @@ def build_parser(prog: str = "sdlite export") -> argparse.ArgumentParser:
         default=None,
         help="a diffusers AutoencoderTiny folder (TAESD/TAESDXL) to export as preview_decoder/",
     )
+    p.add_argument(
+        "--separate-qkv",
+        action="store_true",
+        help="GPU targets: keep attention's Q, K, V weights apart so LoRAs can merge into them",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -93,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             validate=not args.no_validate,
             progress=not args.quiet,
             preview_decoder=args.preview_decoder,
+            separate_qkv=args.separate_qkv,
         )
     except (ValueError, ExportError) as exc:
         print(f"sdlite export: error: {exc}", file=sys.stderr)

@@ -83,6 +83,7 @@ def _optimized(job: Job, component: str, dest: Path, dtype: str, what: str = "")
             options.target,
             dtype == "fp16",
             fuse=options.optimize,
+            separate_qkv=options.separate_qkv,
         )
 
 

@@ -42,13 +42,16 @@ def export_model(
     validate: bool = True,
     progress: bool = True,
     preview_decoder: str | os.PathLike | None = None,
+    separate_qkv: bool = False,
 ) -> ExportReport:
     """Export a diffusers Stable Diffusion model to fused (and fp16) ONNX in optimum's layout.
 
     Raises ValueError for bad arguments or SOURCE (before anything is loaded or written) and
     ExportError when the exported graphs fail validation. On any failure OUT is left untouched.
     ``preview_decoder``: a diffusers AutoencoderTiny folder (TAESD) also exported, as
-    preview_decoder/model.onnx (see preview_decoder.py).
+    preview_decoder/model.onnx (see preview_decoder.py). ``separate_qkv``: on GPU targets, keep
+    attention's Q, K and V projections as separate weights, as the CPU target does, so that LoRAs
+    can merge into them (ONNX Runtime's GPU fusion otherwise packs them into one weight).
     """
     start = time.perf_counter()
     if isinstance(static_shape, str):
@@ -65,6 +68,7 @@ def export_model(
         allow_pickle=allow_pickle,
         validate=validate,
         preview_decoder=None if preview_decoder is None else str(preview_decoder),
+        separate_qkv=separate_qkv,
     )
     out = _check_out(out, overwrite)
     src = sources.resolve(source, allow_pickle=allow_pickle, config=config)

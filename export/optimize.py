@@ -103,14 +103,20 @@ def save(model: onnx.ModelProto, path: Path) -> None:
     )
 
 
-def _fuse(source: Path, target: str, model_type: str, float16: bool, disabled: tuple[str, ...] = ()):
+def _fuse(
+    source: Path, target: str, model_type: str, float16: bool, disabled: tuple[str, ...], separate_qkv: bool
+):
     from onnxruntime.transformers.optimizer import optimize_model
 
     ort_shim.apply()
     # The optimizer logs every fusion at INFO and warns on benign misses; our summary is in sdlite.json.
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    # CPU: self-attention as unpacked MultiHeadAttention (tiled kernel); see cpu_attention.
-    unpacked = cpu_attention.self_attention_as_mha() if target == "cpu" else contextlib.nullcontext()
+    # CPU: self-attention as unpacked MultiHeadAttention (tiled kernel); see cpu_attention. GPUs
+    # too when asked (--separate-qkv): the Q, K, V weights then stay apart for LoRAs to merge into.
+    separate = target == "cpu" or separate_qkv
+    unpacked = cpu_attention.self_attention_as_mha() if separate else contextlib.nullcontext()
+    if separate_qkv:
+        disabled = (*disabled, "enable_packed_qkv", "enable_packed_kv")
     with unpacked:
         return optimize_model(
             str(source),
@@ -130,6 +136,7 @@ def optimize_component(
     target: str,
     float16: bool,
     fuse: bool = True,
+    separate_qkv: bool = False,
 ) -> dict:
     """Optimize `source` (an fp32 ONNX graph) into `dest`; returns what was done, for sdlite.json."""
     if component not in MODEL_TYPES:
@@ -138,10 +145,10 @@ def optimize_component(
     before = op_counts(onnx.load(str(source), load_external_data=False))
     off: list[str] = []
     if fuse:
-        optimized = _fuse(source, target, model_type, float16)
+        optimized = _fuse(source, target, model_type, float16, (), separate_qkv)
         off = unsupported_fusions(optimized.model, target)
         if off:
-            optimized = _fuse(source, target, model_type, float16, disabled=tuple(off))
+            optimized = _fuse(source, target, model_type, float16, tuple(off), separate_qkv)
     else:
         from onnxruntime.transformers.onnx_model import OnnxModel
 

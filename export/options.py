@@ -50,6 +50,7 @@ class ExportOptions:
     allow_pickle: bool = False  # accept pickled weights (.ckpt/.pt/.bin), which can run code
     validate: bool = True  # compare every graph against its PyTorch module
     preview_decoder: str | None = None  # an AutoencoderTiny folder exported as preview_decoder/
+    separate_qkv: bool = False  # GPU targets: keep attention's Q, K, V weights apart (for LoRAs)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -87,6 +87,7 @@ def write_sdlite_json(
             "opset": report.opset,
             "optimized": options.optimize,
             "fp32_vae": options.fp32_vae,
+            "separate_qkv": options.separate_qkv or options.target == "cpu",  # LoRAs reach Q, K, V
             "quantize": options.quantize,
             "static_shape": static_shape,
             "io_dtype": "graph inputs/outputs use the component's dtype (float16 for fp16 graphs)",

@@ -51,6 +51,14 @@ def _layers_per_block(weights: dict[str, Weight]) -> int:
     return max(found, default=1) + 1
 
 
+# GPU exports pack attention's Q, K, V (and cross-attention's K, V) into one weight.
+_QKV = ("to_q", "to_k", "to_v", "q_proj", "k_proj", "v_proj")
+_FUSED_HINT = (
+    " (GPU exports pack attention's Q, K and V into one weight: re-export with "
+    "`sdlite export SOURCE OUT --target cuda --separate-qkv` for LoRAs)"
+)
+
+
 class Loras:
     """The LoRAs registered on one pipeline (name -> matched layers) and the set in use."""
 
@@ -103,8 +111,8 @@ class Loras:
         if weight is None:
             raise ValueError(
                 f"{where}: layer {layer.component}.{layer.module} matches no layer of this model's "
-                f"{layer.component} (a LoRA for another architecture, or an export whose layers are "
-                "fused?); nothing was loaded"
+                f"{layer.component}: a LoRA for another architecture, or an export whose layers are "
+                f"fused{_FUSED_HINT if layer.module.endswith(_QKV) else ''}; nothing was loaded"
             )
         shape = (layer.up.shape[0], *layer.down.shape[1:])
         if _matrix_shape(shape) != _matrix_shape(weight.torch_shape):

@@ -17,6 +17,7 @@ VARIANTS = {
     "fp32-cpu": dict(dtype="fp32", target="cpu"),
     "fp16-cpu": dict(dtype="fp16", target="cpu"),
     "fp16-cuda": dict(dtype="fp16", target="cuda"),
+    "fp16-cuda-separate-qkv": dict(dtype="fp16", target="cuda", separate_qkv=True),
 }
 # One export, through the command line, covers int8 and static shapes (64x64: the tiny model's size).
 CLI_VARIANTS = {
