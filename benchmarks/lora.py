@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,10 @@ GOALS = {"switch": 0.05, "no_lora": 1.02, "one_lora": 1.10, "memory": 1.5}
 Step = Callable[[], dict[str, float]]
 
 
+def log(msg: str) -> None:
+    print(f"[lora {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def rss() -> int:
     gc.collect()
     return psutil.Process().memory_info().rss
@@ -59,6 +64,24 @@ def intervals(marks: list[float]) -> float | None:
     (None for a 1-step call)."""
     gaps = [b - a for a, b in zip(marks[:-1], marks[1:], strict=True)]
     return median(gaps) if gaps else None
+
+
+def exported(quick: bool) -> tuple[Path, Path]:
+    """(diffusers folder, sdlite export), cached as the suite caches them (``models.prepare``'s
+    keys) but without optimum's export, which this study does not use."""
+    from benchmarks.sd15 import build_sd15_arch
+
+    tm = models.tiny_models()
+    if quick:
+        name, keys = "tiny-sd1", ()
+        build = lambda p: tm.build_tiny_sd(p, kind="sd1", seed=0)  # noqa: E731
+    else:
+        name, keys = "sd15-arch", (Path(models.__file__).with_name("sd15.py"),)
+        build = lambda p: build_sd15_arch(p, lambda d: tm.make_clip_tokenizer("sd1", d))  # noqa: E731
+    root = models.DEFAULT_CACHE / f"{name}-{models.source_key(REPO / 'tests' / 'tiny_models.py', *keys)}"
+    src = tm.cached_build(root, "diffusers", build)
+    ours_root = root / f"sdlite-{models.source_key(REPO / 'export')}"
+    return src, tm.cached_build(ours_root, "onnx", lambda p: models.export_sdlite(src, p))
 
 
 # --- the LoRAs ---------------------------------------------------------------------------------
@@ -167,8 +190,7 @@ def sd_steps(fresh: Pipeline, loaded: Pipeline, rounds: int, steps: int, size: i
         "registered_none_active": lambda: sd_call(loaded, steps, size, None),
         "one_active": lambda: sd_call(loaded, steps, size, {"a": WEIGHT}),
     }
-    for c in cases.values():
-        c()  # warm-up: first runs allocate
+    sd_call(fresh, 1, size, None)  # warm-up: first runs allocate (the other pipeline has run)
     rows = rotate(cases, rounds)
     return {
         "step_s": {n: median([r[n]["step"] for r in rows]) for n in cases},
@@ -182,11 +204,14 @@ def sdlite_side(folder: Path, loras: dict[str, Path], args: argparse.Namespace) 
     size, steps, rounds = args.size, args.steps, args.rounds
     loaded = Pipeline.from_pretrained(folder, "cpu", num_threads=THREADS)
     sd_call(loaded, 1, size, None)  # warm-up before the memory is read
+    log("sdlite: memory")
     memory = sd_memory(loaded, loras, size)
+    log("sdlite: switches")
     sd_call(loaded, 1, size, {"b": WEIGHT})
     switch = sd_switch(loaded, rounds, size)
     vae = sd_call(loaded, 1, size, None, output="pil")["vae"]  # one decode of size px
     fresh = Pipeline.from_pretrained(folder, "cpu", num_threads=THREADS)
+    log("sdlite: steps")
     step = sd_steps(fresh, loaded, rounds, steps, size)
     del fresh, loaded
     gen20 = step["text_encoder_s"] + 20 * step["step_s"]["never_loaded"] + vae
@@ -263,8 +288,9 @@ def diffusers_side(folder: Path, loras: dict[str, Path], args: argparse.Namespac
     size, steps, rounds = args.size, args.steps, args.rounds
     with torch.inference_mode():
         pipe = df_pipeline(folder)
-        df_call(pipe, 2, size)  # warm-up
+        df_call(pipe, 1, size)  # warm-up
         base = [df_call(pipe, steps, size)["step"] for _ in range(rounds)]
+        log("diffusers: loads, switches, steps")
         loads = {}
         for name, path in loras.items():
             before, t0 = rss(), time.perf_counter()
@@ -285,8 +311,6 @@ def diffusers_side(folder: Path, loras: dict[str, Path], args: argparse.Namespac
                 pipe.enable_lora()
 
         cases = {"lora_disabled": disabled, "one_active": active}
-        for c in cases.values():
-            c()
         rows = rotate(cases, rounds)
     return {
         "never_loaded_step_s": median(base),
@@ -307,13 +331,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
     machine_before = machine.describe(REPO)
-    model = models.tiny() if args.quick else models.sd15_arch()
+    t0 = time.perf_counter()
+    src, onnx = exported(args.quick)
+    prepare_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="sdlite-lora-bench-") as tmp:
-        loras = make_loras(model.diffusers_dir, Path(tmp))
+        log(f"model ready ({prepare_s:.0f} s); making the LoRAs")
+        loras = make_loras(src, Path(tmp))
         files = {n: p.stat().st_size for n, p in loras.items()}
-        ours = sdlite_side(model.sdlite_dir, loras, args)
+        ours = sdlite_side(onnx, loras, args)
         gc.collect()
-        theirs = diffusers_side(model.diffusers_dir, loras, args)
+        theirs = diffusers_side(src, loras, args)
     mem = ours["memory"]["registered"]
     figures = {
         "switch": ours["switch_ratio"],
@@ -324,7 +351,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "machine": machine_before,
         "model": "tiny SD-1 (the tests')" if args.quick else "SD 1.5 architecture, random weights",
-        "export": model.sdlite_export,
+        "export_or_cache_s": prepare_s,
         "quick": args.quick,
         "size": args.size,
         "steps": args.steps,
@@ -357,7 +384,7 @@ def markdown(doc: dict[str, Any]) -> str:
     st, sw = ours["steps"]["step_s"], ours["switch"]
     size = f"{doc['size']}²"
     lines = [
-        f"{doc['model']} ({doc['export']} export, fp32) on the CPU, {doc['threads']} threads, {size}, "
+        f"{doc['model']} (sdlite export, fp32) on the CPU, {doc['threads']} threads, {size}, "
         f"Euler, guidance {doc['guidance']:g}; two LoRAs made in the run with peft (rank "
         f"{doc['lora']['rank']}, U-Net and text encoder attention), weight {doc['lora']['weight']:g}. "
         f"Steps: {doc['steps']}-step calls, {doc['rounds']} rotating rounds, medians.",

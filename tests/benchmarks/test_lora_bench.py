@@ -90,3 +90,9 @@ def test_bad_arguments_are_refused(bad, capsys):
         lora.main(bad)
     assert e.value.code == 2
     assert bad[0] in capsys.readouterr().err
+
+
+def test_the_docs_quote_the_results():
+    from benchmarks import docs
+
+    assert any(s.results == "lora.md" for s in docs.SECTIONS)
