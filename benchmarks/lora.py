@@ -23,6 +23,7 @@ import gc
 import statistics
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,10 +147,13 @@ def sd_memory(pipe: Pipeline, loras: dict[str, Path], size: int) -> dict[str, An
     reg = {}
     for name, path in loras.items():
         before = rss()
+        tracemalloc.start()  # RSS alone misses memory the allocator reuses from freed pages
         pipe.load_lora_weights(path, adapter_name=name)
-        grown = rss() - before
-        nbytes = path.stat().st_size
-        reg[name] = {"file_bytes": nbytes, "rss_bytes": grown, "ratio": grown / nbytes}
+        traced = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        grown, nbytes = rss() - before, path.stat().st_size
+        held = max(grown, traced)
+        reg[name] = {"file_bytes": nbytes, "rss_bytes": grown, "traced_bytes": traced, "ratio": held / nbytes}
     before = rss()
     sd_call(pipe, 1, size, {"a": WEIGHT})
     return {"registered": reg, "active_set_rss_bytes": rss() - before}
@@ -404,7 +408,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"| {f['no_lora']:.3f}× | ≤ {g['no_lora']:.2f}× | {_verdict(doc, 'no_lora')} |",
         f"| step, one LoRA active, over no LoRA active | {f['one_lora']:.3f}× | ≤ {g['one_lora']:.2f}× "
         f"| {_verdict(doc, 'one_lora')} |",
-        f"| memory per registered LoRA, over its file | {f['memory']:.2f}× | ≤ {g['memory']:.1f}× "
+        "| memory per registered LoRA (the larger of RSS growth and bytes kept), over its file "
+        f"| {f['memory']:.2f}× | ≤ {g['memory']:.1f}× "
         f"| {_verdict(doc, 'memory')} |",
         "",
         "| | sdlite | diffusers |",
@@ -420,7 +425,8 @@ def markdown(doc: dict[str, Any]) -> str:
     for name, r in ours["memory"]["registered"].items():
         d = theirs["loads"][name]
         lines.append(
-            f"| RSS growth, loading LoRA {name!r} ({_mib(r['file_bytes'])} file) | {_mib(r['rss_bytes'])} "
+            f"| loading LoRA {name!r} ({_mib(r['file_bytes'])} file): RSS growth (sdlite: "
+            f"and bytes allocated and kept) | {_mib(r['rss_bytes'])} ({_mib(r['traced_bytes'])}) "
             f"| {_mib(d['rss_bytes'])} ({_s(d['load_s'])}) |"
         )
     lines += [
