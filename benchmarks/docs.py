@@ -111,6 +111,13 @@ SECTIONS = (
         "(`python -m benchmarks.preview_cost`).",
     ),
     Section(
+        "LoRA: switching sets, steps with and without one, memory",
+        "lora.md",
+        "Two rank-8 LoRAs made in the run with peft, chosen per call (`pipe(..., loras=...)`), on SD 1.5's "
+        "architecture with random weights; beside it diffusers' `load_lora_weights` + `set_adapters` + "
+        "generate with the same steps (`python -m benchmarks.lora`; `--quick` runs the tiny model).",
+    ),
+    Section(
         "Few-step generation",
         "fewstep.md",
         "SD-Turbo-style generation (euler_a, trailing spacing, guidance 0) on the tiny model, against "
